@@ -1,0 +1,55 @@
+"""The registries, and the lazy "module:attr" entries of everything built in.
+
+Nothing heavy is imported here: ``harness ls`` lists names without importing
+torch. ``harness/`` never imports ``baselines/``; it names them as strings.
+Each entry resolves to:
+
+- METHODS: a zero-argument callable (class or factory) returning a ``Method``
+  (``harness.methods.Method``);
+- DATASETS: an adapter object with ``load(root: Path) -> Records`` and
+  ``check(root: Path) -> CheckReport``;
+- PROTOCOLS: a callable ``(EvalContext) -> ProtocolResult``
+  (``harness.protocols.base``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness.registry import Registry
+
+METHODS: Registry[Any] = Registry("method")
+DATASETS: Registry[Any] = Registry("dataset")
+PROTOCOLS: Registry[Any] = Registry("protocol")
+
+_BUILTIN_METHODS = {
+    "random": "baselines.random_init:RandomMethod",
+    "imagenet": "baselines.imagenet:ImageNetMethod",
+    "moco": "baselines.moco:MoCoMethod",
+    "msn": "baselines.msn_ehr:MSNMethod",
+    "msn-ehr": "baselines.msn_ehr:MSNEHRMethod",
+    "region-word": "baselines.region_word:RegionWordMethod",
+    "mlm-mvm": "baselines.mlm_mvm:MLMMVMMethod",
+}
+_BUILTIN_DATASETS = {
+    "mimic-cxr": "harness.data.mimic_cxr:ADAPTER",
+    "chexpert": "harness.data.chexpert:ADAPTER",
+    "nih14": "harness.data.nih14:ADAPTER",
+    "openi": "harness.data.openi:ADAPTER",
+    "mock": "harness.data.mock:ADAPTER",
+}
+_BUILTIN_PROTOCOLS = {
+    "linear-probe": "harness.protocols.linear_probe:run",
+    "finetune": "harness.protocols.finetune:run",
+    "multimodal-cls": "harness.protocols.multimodal:run",
+    "retrieval": "harness.protocols.retrieval:run",
+    "regeneration": "harness.protocols.regeneration:run",
+    "localization": "harness.protocols.localization:run",
+}
+
+for _name, _target in _BUILTIN_METHODS.items():
+    METHODS.add_lazy(_name, _target)
+for _name, _target in _BUILTIN_DATASETS.items():
+    DATASETS.add_lazy(_name, _target)
+for _name, _target in _BUILTIN_PROTOCOLS.items():
+    PROTOCOLS.add_lazy(_name, _target)

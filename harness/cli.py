@@ -1,0 +1,270 @@
+"""Command line: ``python -m harness <command>`` (or the ``harness`` console script).
+
+Expected mistakes (unknown names, bad task files, missing data) print one clear
+line and exit 2; only bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+from pathlib import Path
+
+from harness import __version__
+
+log = logging.getLogger("harness")
+
+EPILOG = textwrap.dedent("""\
+    examples:
+      python -m harness run --method moco --task mimic-cls
+      python -m harness run --method random --task mock --profile smoke --results /tmp/r
+      python -m harness ls tasks
+      python -m harness leaderboard --results results --out leaderboards
+      python -m harness data synth --out /tmp/world --scale 0.2
+      python -m harness validate
+    """)
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _sub(subparsers, name: str, help_: str, examples: str) -> argparse.ArgumentParser:
+    return subparsers.add_parser(name, help=help_, description=help_, formatter_class=_formatter,
+                                 epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples).strip(), "  "))
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", required=True, help="method name (see `harness ls methods`)")
+    p.add_argument("--task", required=True, help="task name (see `harness ls tasks`)")
+    p.add_argument("--fraction", type=float, default=1.0, help="label fraction of the training split (0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="evaluation seed (fraction subset, probe init, bootstrap)")
+    p.add_argument("--profile", choices=("smoke", "small", "paper"), default=None,
+                   help="default: small on synthetic data, paper on real data")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a method config key (dotted, YAML value); repeatable")
+    _add_common(p)
+    p.add_argument("--save-predictions", action="store_true",
+                   help="write per-sample scores/targets (no text, no identifiers) next to the record")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", default=None,
+                   help="folder with the datasets in their original layouts (env HARNESS_DATA_ROOT); "
+                        "default: the embedded synthetic world")
+    p.add_argument("--results", default="results", help="results directory (default: results/)")
+    p.add_argument("--tasks-dir", default=None, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", formatter_class=_formatter, epilog=EPILOG,
+                                     description="Benchmark and leaderboard harness for chest X-ray "
+                                                 "representation learning.")
+    parser.add_argument("--version", action="version", version=f"harness {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = _sub(sub, "run", "pretrain (or reuse) a method's encoder and score it on one task", """
+        python -m harness run --method moco --task mimic-cls
+        python -m harness run --method random --task nih14-cls --fraction 0.1 --seed 1 --profile smoke
+        python -m harness run --method msn-ehr --task mimic-cls --set ehr.groups=[demographics]
+        python -m harness run --method moco --task mimic-cls --executor slurm --partition gpu --gpus-per-node 1
+    """)
+    add_run_arguments(p)
+    _maybe(lambda: __import__("harness.dispatch", fromlist=["x"]).add_executor_arguments(p))
+
+    p = _sub(sub, "ls", "list tasks, methods, datasets or protocols", """
+        python -m harness ls tasks
+        python -m harness ls methods
+    """)
+    p.add_argument("what", choices=("tasks", "methods", "datasets", "protocols"))
+
+    p = _sub(sub, "validate", "check every task file (or the ones named)", """
+        python -m harness validate
+        python -m harness validate tasks/mimic-cls.yaml
+    """)
+    p.add_argument("files", nargs="*", help="task YAML files (default: tasks/*.yaml)")
+
+    p = _sub(sub, "leaderboard", "render markdown leaderboards from result records", """
+        python -m harness leaderboard
+        python -m harness leaderboard --results results --out leaderboards
+    """)
+    p.add_argument("--results", default="results")
+    p.add_argument("--out", default="leaderboards")
+
+    p = _sub(sub, "data", "generate the synthetic world or check a dataset layout", """
+        python -m harness data synth --out /tmp/world --scale 0.5 --seed 0
+        python -m harness data check nih14 --root /data
+    """)
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub.required = True
+    ps = dsub.add_parser("synth", help="write the synthetic CXR world in the real layouts")
+    ps.add_argument("--out", required=True)
+    ps.add_argument("--sources", nargs="+", default=["mimic", "chexpert", "nih14", "openi"])
+    ps.add_argument("--scale", type=float, default=1.0)
+    ps.add_argument("--seed", type=int, default=0)
+    pc = dsub.add_parser("check", help="validate a dataset layout: counts and every problem found")
+    pc.add_argument("dataset")
+    pc.add_argument("--root", default=None, help="data root (default: HARNESS_DATA_ROOT or the synthetic world)")
+
+    _maybe(lambda: _add_sweep(sub))
+    return parser
+
+
+def _add_sweep(sub) -> None:
+    from harness import dispatch, sweep
+
+    p = _sub(sub, "sweep", "run a grid of methods x tasks x fractions x seeds as job arrays", """
+        python -m harness sweep --methods random moco --tasks mimic-cls nih14-cls --fractions 0.1 1 --seeds 0 1 2
+        python -m harness sweep --methods random --tasks mock --profile smoke --executor local
+    """)
+    sweep.add_sweep_arguments(p)
+    dispatch.add_executor_arguments(p)
+
+
+def _maybe(fn) -> None:
+    """Wire optional subsystems only when their modules exist (they land in separate steps)."""
+    try:
+        fn()
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("harness."):
+            raise
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from harness.catalog import DATASETS, METHODS, PROTOCOLS
+    from harness.tasks import load_task, task_files
+
+    if args.what == "tasks":
+        for path in task_files():
+            spec = load_task(path)
+            print(f"{spec.name:22s} v{spec.version}  {spec.protocol:15s} {spec.dataset:10s} "
+                  f"{spec.description.splitlines()[0] if spec.description else ''}")
+    else:
+        registry = {"methods": METHODS, "datasets": DATASETS, "protocols": PROTOCOLS}[args.what]
+        if args.what == "methods":
+            _maybe(lambda: __import__("harness.submit", fromlist=["x"]).register_plugins())
+        for name in registry.names():
+            print(name)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from harness.catalog import DATASETS, PROTOCOLS
+    from harness.tasks import TaskSpecError, load_task, task_files
+
+    files = [Path(f) for f in args.files] or task_files()
+    bad = 0
+    for path in files:
+        try:
+            spec = load_task(path)
+            for ds in filter(None, (spec.dataset, spec.eval_dataset)):
+                if ds not in DATASETS:
+                    DATASETS.get(ds)
+            if spec.protocol not in PROTOCOLS:
+                PROTOCOLS.get(spec.protocol)
+            print(f"ok     {path}")
+        except (TaskSpecError, KeyError) as exc:
+            bad += 1
+            print(f"ERROR  {exc}")
+    print(f"{len(files) - bad} valid, {bad} invalid")
+    return 1 if bad else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.runner import RunRequest, execute
+
+    req = RunRequest(method=args.method, task=args.task, fraction=args.fraction, seed=args.seed,
+                     profile=args.profile, data_root=args.data_root, results_dir=args.results,
+                     overrides=args.overrides, save_predictions=args.save_predictions, device=args.device,
+                     progress=not args.quiet, tasks_dir=args.tasks_dir)
+    if getattr(args, "executor", "debug") != "debug":
+        from harness import dispatch
+
+        outcomes = dispatch.dispatch_runs([req], args)
+        return 0 if all(o.status == "done" for o in outcomes) else 1
+    out = execute(req)
+    _print_outcome(out.record, out.path)
+    return 0
+
+
+def _print_outcome(rec: dict, path: Path) -> None:
+    main = rec["main_metric"]
+    ci = rec["ci"].get(main)
+    ci_txt = f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""
+    print(f"[{rec['data_source']}] {rec['method']} on {rec['task']} (fraction {rec['fraction']:g}, seed "
+          f"{rec['seed']}): {main} = {rec['metrics'][main]:.4f}{ci_txt}")
+    for reason, count in rec.get("skipped", {}).items():
+        print(f"  skipped {count}: {reason}")
+    print(f"record: {path}")
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from harness.leaderboard import render_all
+
+    written, problems = render_all(args.results, args.out)
+    for p in problems:
+        print(f"warning: {p}", file=sys.stderr)
+    for path in written:
+        print(path)
+    if not written:
+        print(f"no result records under {args.results}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "synth":
+        from harness.synth import write_world
+
+        info = write_world(Path(args.out), sources=tuple(args.sources), scale=args.scale, seed=args.seed)
+        print(f"synthetic world written to {args.out}: {info.get('counts', info)}")
+        return 0
+    from harness.catalog import DATASETS
+    from harness.data.roots import resolve_data_root
+
+    root = resolve_data_root(args.root)
+    report = DATASETS.get(args.dataset).check(root.path)
+    print(report.render())
+    return 1 if report.problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    from harness.data.schema import DataError
+    from harness.registry import UnknownNameError
+    from harness.tasks import TaskSpecError
+
+    expected: tuple[type[BaseException], ...] = (UnknownNameError, TaskSpecError, DataError, OSError)
+    try:
+        from harness.runner import RunError
+
+        expected += (RunError,)
+    except ImportError:  # pragma: no cover
+        pass
+    handlers = {"run": cmd_run, "ls": cmd_ls, "validate": cmd_validate, "leaderboard": cmd_leaderboard,
+                "data": cmd_data}
+    if args.command == "sweep":
+        from harness import sweep
+
+        handlers["sweep"] = sweep.run_sweep
+    try:
+        return handlers[args.command](args)
+    except expected as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,49 @@
+"""Method configs: a profile's dict plus ``--set key=value`` overrides (dotted keys, YAML values)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any
+
+import yaml
+
+PROFILES = ("smoke", "small", "paper")
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["ehr.groups=[demographics]", "lr=0.1"]`` -> nested dict with YAML-parsed values."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        value = yaml.safe_load(raw) if raw else ""
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: {p!r} is both a value and a section")
+        node[leaf] = value
+    return out
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any], *, where: str = "config") -> dict[str, Any]:
+    """Deep-merge overrides into a copy of base; unknown keys are an error (typos must not pass)."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if key not in out:
+            from harness.registry import did_you_mean
+
+            raise KeyError(f"unknown {where} key {key!r}{did_you_mean(key, list(out))}")
+        if isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = merge(out[key], value, where=f"{where}.{key}")
+        else:
+            out[key] = value
+    return out
+
+
+def config_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

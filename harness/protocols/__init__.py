@@ -1,0 +1,1 @@
+"""Evaluation protocols. Each module exposes ``run(ctx: EvalContext) -> ProtocolResult``."""

@@ -1,0 +1,126 @@
+"""Result records: one JSON file per (method, weights, task, task version, fraction, seed).
+
+Written atomically (temp file in the same directory, fsync, rename), so a killed
+run leaves no partial record and concurrent runs never interleave bytes. The
+leaderboard and ``regress`` read only these files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import harness
+
+REQUIRED_KEYS = (
+    "method", "task", "task_version", "fraction", "seed", "data_source", "metrics", "main_metric", "ci",
+    "config", "harness_version", "git_commit", "packages", "device", "started_at", "wall_time_s",
+    "split_sha256", "weights_sha256", "dataset_fingerprint",
+)
+_PACKAGES = ("torch", "torchvision", "timm", "transformers", "tokenizers", "numpy", "pandas", "scikit-learn",
+             "scipy", "submitit")
+
+
+class ResultsError(OSError):
+    """The results directory cannot be written; the message says which and why."""
+
+
+def record_name(rec: dict[str, Any]) -> str:
+    frac = f"{rec['fraction']:g}".replace(".", "p")
+    return (f"{rec['task']}__v{rec['task_version']}__{rec['method']}__{rec['weights_sha256'][:12]}"
+            f"__f{frac}__s{rec['seed']}")
+
+
+def record_path(results_dir: Path, rec: dict[str, Any]) -> Path:
+    return Path(results_dir) / rec["data_source"] / rec["task"] / f"{record_name(rec)}.json"
+
+
+def _atomic_write(path: Path, write: Any, suffix: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    except OSError as exc:
+        raise ResultsError(f"cannot write results under {path.parent}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise ResultsError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_record(results_dir: str | Path, rec: dict[str, Any], predictions: dict[str, np.ndarray] | None = None
+                 ) -> Path:
+    """Validate and write a record (and its predictions .npz first, so a record never points nowhere)."""
+    missing = [k for k in REQUIRED_KEYS if k not in rec]
+    if missing:
+        raise ValueError(f"result record lacks key(s) {missing}")
+    path = record_path(Path(results_dir), rec)
+    if predictions:
+        npz = path.with_suffix(".predictions.npz")
+        _atomic_write(npz, lambda fh: np.savez_compressed(fh, **predictions), ".npz.tmp")
+        rec = {**rec, "predictions_file": npz.name}
+    data = json.dumps(rec, indent=2, sort_keys=True, allow_nan=True).encode()
+    _atomic_write(path, lambda fh: fh.write(data), ".tmp")
+    return path
+
+
+def load_records(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """All records under ``results_dir`` and a list of files that could not be read (with why)."""
+    records, problems = [], []
+    root = Path(results_dir)
+    if not root.exists():
+        return records, problems
+    for path in sorted(root.rglob("*.json")):
+        if path.name.startswith("."):
+            continue
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            problems.append(f"{path}: unreadable record ({exc})")
+            continue
+        missing = [k for k in REQUIRED_KEYS if k not in rec] if isinstance(rec, dict) else ["(not an object)"]
+        if missing:
+            problems.append(f"{path}: not a result record (missing {missing[:3]})")
+            continue
+        records.append(rec)
+    return records, problems
+
+
+def git_commit() -> str:
+    root = Path(harness.__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=False)
+        commit = out.stdout.strip()
+        if commit:
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+            return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out

@@ -1,0 +1,316 @@
+"""One run: (method, task, fraction, seed, profile) -> a result record on disk.
+
+    records --task cohort--> TaskData --(pretrain or cached checkpoint)--> encoder
+      --protocol--> metrics + CIs --> atomic JSON record
+
+Every dispatch path (in-process, local subprocesses, Slurm) calls ``execute``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import harness
+from harness import results
+from harness.catalog import DATASETS, METHODS, PROTOCOLS
+from harness.config import PROFILES, config_hash, merge, parse_overrides
+from harness.methods import PretrainRequest, capabilities, missing_capabilities
+from harness.tasks import TASKS_DIR, TaskSpec, load_task
+
+log = logging.getLogger("harness")
+
+
+class RunError(RuntimeError):
+    """An expected failure (bad name, missing capability, missing data): shown without a traceback."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
+
+
+@dataclass
+class RunRequest:
+    method: str
+    task: str
+    fraction: float = 1.0
+    seed: int = 0
+    profile: str | None = None  # None: small on synthetic data, paper on real data
+    data_root: str | None = None
+    results_dir: str = "results"
+    overrides: list[str] = field(default_factory=list)  # --set key=value
+    save_predictions: bool = False
+    device: str = "auto"
+    progress: bool = True
+    tasks_dir: str | None = None
+
+
+@dataclass
+class RunOutcome:
+    record: dict[str, Any]
+    path: Path
+
+
+def get_task(name: str, tasks_dir: str | Path | None = None) -> TaskSpec:
+    directory = Path(tasks_dir) if tasks_dir else TASKS_DIR
+    path = directory / f"{name}.yaml"
+    if not path.exists():
+        from harness.registry import did_you_mean
+
+        names = sorted(p.stem for p in directory.glob("*.yaml"))
+        raise RunError(f"unknown task {name!r}{did_you_mean(name, names)}")
+    return load_task(path)
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_method(name: str) -> Any:
+    if name not in METHODS:
+        METHODS.get(name)  # raises UnknownNameError with suggestions
+    factory = METHODS.get(name)
+    return factory() if callable(factory) else factory
+
+
+def method_config(method: Any, profile: str, overrides: list[str]) -> dict[str, Any]:
+    if profile not in method.profiles:
+        raise RunError(f"method {method.card.name!r} has no profile {profile!r}; it has {sorted(method.profiles)}")
+    try:
+        return merge(method.profiles[profile], parse_overrides(overrides), where=f"{method.card.name} config")
+    except (KeyError, ValueError) as exc:
+        raise RunError(str(exc.args[0]) if exc.args else str(exc)) from None
+
+
+def check_fraction(task: TaskSpec, fraction: float) -> None:
+    if not 0 < fraction <= 1:
+        raise RunError(f"--fraction must be in (0, 1], got {fraction}")
+
+
+def load_records(dataset: str, data_root: Any) -> Any:
+    """Adapter output for one dataset under the resolved data root."""
+    adapter = DATASETS.get(dataset)
+    if dataset != "mock" and not data_root.source_present(dataset):
+        raise RunError(f"dataset {dataset!r} is not under the data root {data_root.path} "
+                       f"(see `python -m harness data check {dataset} --root DIR`)")
+    return adapter.load(data_root.path, data_source=data_root.data_source)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _from_rank0(obj: Any) -> Any:
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def pretrained_checkpoint(method: Any, config: dict[str, Any], train: Any, device: str, progress: bool,
+                          load_source: Any) -> tuple[Path | None, str, bool]:
+    """The method's checkpoint for this (method, config, training data), from the cache or trained now.
+
+    Returns (checkpoint, cache key, cache hit). Keyed by method name, resolved config and the
+    fingerprint of exactly the training rows; a lock keeps concurrent runs from training twice.
+    """
+    key = config_hash({"method": method.card.name, "config": config, "data": train.fingerprint})[:20]
+    workdir = cache_root() / "pretrain" / method.card.name / key
+    done = workdir / "done.json"
+    # Under torch.distributed (several tasks of one job) only rank 0 takes the lock and reads
+    # done.json, and tells the others: a lock per rank would deadlock two ranks against each other.
+    rank, world_size = _process_group()
+    with _file_lock(workdir / ".lock") if rank == 0 else contextlib.nullcontext():
+        info = json.loads(done.read_text()) if rank == 0 and done.exists() else None
+        if world_size > 1:
+            info = _from_rank0(info)
+        if info is not None:
+            ckpt = info.get("checkpoint")
+            return (workdir / ckpt if ckpt else None), key, True
+        request = PretrainRequest(data=train, config=config, workdir=workdir, seed=int(config.get("seed", 0)),
+                                  device=device, load_source=load_source, progress=progress)
+        ckpt = method.pretrain(request)
+        if rank != 0:
+            return ckpt, key, False
+        info = {"checkpoint": str(Path(ckpt).relative_to(workdir)) if ckpt else None,
+                "method": method.card.name, "config": config, "data_fingerprint": train.fingerprint,
+                "dataset": train.dataset, "n_images": len(train.frame)}
+        tmp = done.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, done)
+        return ckpt, key, False
+
+
+@dataclass
+class Prepared:
+    """What ``execute`` and ``pretrain_only`` share: the validated run and its task data."""
+
+    task: TaskSpec
+    method: Any
+    protocol: Any
+    profile: str
+    config: dict[str, Any]
+    device: str
+    data: Any  # harness.cohort.TaskData
+    load_source: Any  # Callable[[str], TrainingData]: other datasets' training rows
+    timings: dict[str, float]
+
+
+def prepare(req: RunRequest) -> Prepared:
+    """Validate the request (names, capabilities, profile, overrides) and build the task data.
+
+    Every refusal happens here, before any training.
+    """
+    from harness.cohort import build_task_data, training_data
+    from harness.data.roots import resolve_data_root
+
+    timings: dict[str, float] = {}
+    task = get_task(req.task, req.tasks_dir)
+    check_fraction(task, req.fraction)
+    method = load_method(req.method)
+    protocol = PROTOCOLS.get(task.protocol)
+    missing = [c for c in task.requires if c not in method.card.capabilities]
+    if missing:
+        raise RunError(f"method {req.method!r} lacks capability {missing} required by task {task.name!r}")
+
+    data_root = resolve_data_root(req.data_root)
+    profile = req.profile or ("small" if data_root.data_source == "synthetic" else "paper")
+    if profile not in PROFILES:
+        raise RunError(f"unknown profile {profile!r}; choose from {list(PROFILES)}")
+    config = method_config(method, profile, req.overrides)
+    device = resolve_device(req.device)
+    if data_root.data_source == "synthetic":
+        log.warning("data: SYNTHETIC (embedded synthetic CXR world at %s); results are labelled synthetic",
+                    data_root.path)
+
+    t = time.perf_counter()
+    records = load_records(task.dataset, data_root)
+    eval_records = load_records(task.eval_dataset, data_root) if task.eval_dataset else None
+    data = build_task_data(task, records, int(config["image_size"]), eval_records=eval_records,
+                           progress=req.progress)
+    timings["data_s"] = time.perf_counter() - t
+
+    def load_source(name: str) -> Any:  # other datasets' TRAINING rows, for mixed pretraining
+        other = load_records(name, data_root)
+        other_task = dataclasses.replace(task, dataset=name, eval_dataset=None, labels=(), views=None,
+                                         split=dataclasses.replace(task.split, method="patient-hash")
+                                         if (other.frame["split"] == "").any() else task.split)
+        return training_data(build_task_data(other_task, other, int(config["image_size"]), progress=req.progress))
+
+    return Prepared(task=task, method=method, protocol=protocol, profile=profile, config=config, device=device,
+                    data=data, load_source=load_source, timings=timings)
+
+
+def pretrain_only(req: RunRequest) -> Path | None:
+    """The data + pretraining half of ``execute``: fills the pretraining cache, evaluates nothing.
+
+    ``harness.sweep`` runs this once per distinct pretraining before the evaluations that
+    share it. Returns the checkpoint (None for methods that do not pretrain). Resumable: a
+    killed or requeued call trains on from the checkpoints in the pretraining workdir.
+    """
+    from harness.cohort import training_data
+
+    p = prepare(req)
+    ckpt, _, _ = pretrained_checkpoint(p.method, p.config, training_data(p.data), p.device, req.progress,
+                                       p.load_source)
+    return ckpt
+
+
+def execute(req: RunRequest) -> RunOutcome:
+    """Run one (method, task, fraction, seed) and write its record. See the module docstring."""
+    from harness.cohort import training_data
+    from harness.features import weights_sha256
+    from harness.protocols.base import EvalContext
+
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    p = prepare(req)
+    task, method, protocol, profile, config, device, data = (p.task, p.method, p.protocol, p.profile, p.config,
+                                                             p.device, p.data)
+    timings, load_source = p.timings, p.load_source
+
+    t = time.perf_counter()
+    ckpt, pretrain_key, cache_hit = pretrained_checkpoint(method, config, training_data(data), device,
+                                                          req.progress, load_source)
+    timings["pretrain_s"] = time.perf_counter() - t
+    encoder = method.load(ckpt, config)
+    lacking = missing_capabilities(encoder, task.requires)
+    if lacking:
+        raise RunError(f"the encoder of {req.method!r} lacks capability {lacking} required by {task.name!r}")
+    if hasattr(encoder, "to"):
+        encoder = encoder.to(device)
+    sha = weights_sha256(encoder)
+
+    args = task.args_for(profile)
+    workdir = cache_root() / "runs" / config_hash([req.method, sha, task.name, task.version, req.fraction,
+                                                    req.seed, args])[:20]
+    workdir.mkdir(parents=True, exist_ok=True)
+    ctx = EvalContext(task=task, data=data, encoder=encoder, preprocess=encoder.card.preprocess, args=args,
+                      fraction=req.fraction, seed=req.seed, profile=profile, device=device, workdir=workdir,
+                      weights_sha256=sha, progress=req.progress)
+    t = time.perf_counter()
+    result = protocol(ctx)
+    timings["protocol_s"] = time.perf_counter() - t
+    if task.main_metric not in result.metrics:
+        raise RunError(f"protocol {task.protocol!r} did not produce the main metric {task.main_metric!r}")
+
+    rec: dict[str, Any] = {
+        "method": req.method,
+        "method_card": {"paper": method.card.paper, "pretraining_data": list(method.card.pretraining_data)},
+        "capabilities": sorted(capabilities(encoder)),
+        "task": task.name, "task_version": task.version, "dataset": task.dataset,
+        "eval_dataset": task.eval_dataset or task.dataset, "protocol": task.protocol,
+        "fraction": req.fraction, "seed": req.seed, "profile": profile,
+        "data_source": data.data_source,
+        "metrics": {k: float(v) for k, v in result.metrics.items()},
+        "main_metric": task.main_metric,
+        "ci": {k: [float(lo), float(hi)] for k, (lo, hi) in result.ci.items()},
+        "config": {"method": config, "protocol_args": args, "label_policy": dataclasses.asdict(task.label_policy),
+                   "labels": list(task.labels), "views": list(task.views) if task.views else None,
+                   "split": dataclasses.asdict(task.split)},
+        "details": result.details,
+        "n": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        "skipped": data.skipped,
+        "pretrain": {"cache_key": pretrain_key, "cache_hit": cache_hit},
+        "harness_version": harness.__version__, "git_commit": results.git_commit(),
+        "packages": results.package_versions(), "device": device,
+        "determinism": ("bitwise on CPU for a seed; on CUDA, cuDNN and atomics make training and "
+                        "extraction non-deterministic at the float-rounding level"),
+        "started_at": started.isoformat(timespec="seconds"),
+        "wall_time_s": time.perf_counter() - t0, "timings": timings,
+        "split_sha256": data.split_sha256, "weights_sha256": sha,
+        "dataset_fingerprint": data.dataset_fingerprint,
+    }
+    preds = result.predictions if req.save_predictions else None
+    path = results.write_record(req.results_dir, rec, preds)
+    return RunOutcome(record=rec, path=path)

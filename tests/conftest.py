@@ -1,0 +1,28 @@
+"""Test-wide setup: an isolated harness cache per test session, one thread per op."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Isolate every cache (images, features, pretraining, synthetic world, mock data) from the
+# user's ~/.cache/harness. Set before any harness module reads it.
+_SESSION_CACHE = Path(tempfile.mkdtemp(prefix="harness-test-cache-"))
+os.environ["HARNESS_CACHE"] = str(_SESSION_CACHE)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover
+    pass
+
+
+@pytest.fixture(scope="session")
+def session_cache() -> Path:
+    return _SESSION_CACHE
