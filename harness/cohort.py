@@ -63,7 +63,7 @@ def apply_label_policy(frame: pd.DataFrame, labels: tuple[str, ...], policy: Lab
         col = frame[name].to_numpy(dtype=np.float64)
         bad = ~np.isin(col, (0.0, 1.0, -1.0)) & ~np.isnan(col)
         if bad.any():
-            raise DataError(f"label {name!r} has value {col[bad][0]!r} (expected 1, 0, -1 or blank)")
+            raise DataError(f"label {name!r} has value {float(col[bad][0])!r} (expected 1, 0, -1 or blank)")
         uncertain = mapping[policy.per_label.get(name, policy.uncertain)]
         col = np.where(col == -1.0, uncertain, col)
         col = np.where(np.isnan(frame[name].to_numpy(dtype=np.float64)), mapping[policy.blank], col)
