@@ -1,0 +1,401 @@
+"""MIMIC-CXR-JPG (images, labels, splits) + MIMIC-CXR reports + MIMIC-IV EHR, as ``Records``.
+
+Provenance: Johnson et al., "MIMIC-CXR-JPG, a large publicly available database of
+labeled chest radiographs" (arXiv 1901.07042; PhysioNet ``mimic-cxr-jpg`` 2.0.0 /
+2.1.0) and "MIMIC-CXR, a de-identified publicly available database of chest
+radiographs with free-text reports" (Sci Data 2019; PhysioNet ``mimic-cxr``).
+377,110 JPGs, 227,835 studies (227,827 labelled), 65,379 patients, Beth Israel
+Deaconess Medical Center 2011-2016. Access: PhysioNet credentialed access + the
+Credentialed Health Data Use Agreement 1.5.0: keep the data local, send no report
+text or identifiers anywhere (this module logs and records counts only).
+
+Layout read (``root`` is the DATA ROOT; datasets.md sections 1.2 and 2)::
+
+    <root>/mimic-cxr-jpg/[<version>/]mimic-cxr-2.0.0-{metadata,split,chexpert,negbio}.csv.gz
+                                     mimic-cxr-2.1.0-test-set-labeled.csv     (2.1.0, optional)
+                                     files/pNN/pSUBJECT/sSTUDY/<dicom_id>.jpg
+    <root>/mimic-cxr/[<version>/]files/pNN/pSUBJECT/sSTUDY.txt               (reports; or
+           mimic-cxr/[<version>/]mimic-cxr-reports/files/..., <root>/mimic-cxr-reports/files/...,
+           or unzipped next to the jpg study folders)
+    <root>/mimiciv/[<version>/]{hosp,core}/{patients,admissions}.csv.gz, icu/icustays.csv.gz
+
+``root`` may also be the ``mimic-cxr-jpg`` folder itself; with several version
+folders the highest version holding the metadata wins. Plain ``.csv`` (un-gzipped)
+copies are accepted too.
+
+What ``load`` does, row by row (one row per image = per metadata row):
+
+* split joined on ``dicom_id``; ``validate`` -> ``val``; an image with no split row
+  keeps ``split=""`` and is reported in ``Records.problems``;
+* labels (one row per study) joined on ``(subject_id, study_id)`` onto every image of
+  the study: 1.0 / 0.0 / -1.0 / NaN exactly as in the file (no policy applied);
+  ``test_labels="radiologist"`` replaces the test split's labels with the 2.1.0
+  single-radiologist file (``Airspace Opacity`` -> ``Lung Opacity``, ``No Findings``
+  -> ``No Finding``); test studies it lacks get NaN labels (counted in extras);
+* ``ViewPosition`` NaN -> ``view=""``; ``StudyTime`` zero-padded to 6 integer digits
+  (``80556.875`` = 08:05:56.875) into ``study_datetime``;
+* ``path`` = absolute JPG path; a missing JPG drops the row, counted as
+  ``skipped["image file missing"]`` (``check_files=False`` skips the 377k ``stat``
+  calls, e.g. for metadata-only benchmarks);
+* report sections from ``sSTUDY.txt`` (``harness.data.reports``); a missing report
+  keeps the row with empty sections, counted (in images) as ``skipped["report missing"]``;
+* MIMIC-IV ``ehr_*`` columns (``harness.data.ehr``) and ``age`` / ``sex`` from them,
+  when MIMIC-IV is found (``<root>/mimiciv`` or ``ehr_root``);
+* extra columns: ``study_date``, ``study_datetime``, ``orientation``
+  (PatientOrientationCodeSequence_CodeMeaning, ``""`` if missing).
+
+Bad rows (an id that is not an integer, a label such as ``2.0`` or ``yes``, an
+unknown split, a duplicated dicom_id) raise ``DataError`` naming file, row and column.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.data.check import CheckReport
+from harness.data.ehr import MimicIvTables, ehr_coverage, find_mimiciv, join_ehr
+from harness.data.reports import read_report
+from harness.data.schema import CHEXPERT_14, DataError, DataSource, Records
+from harness.data.tables import header, read_table
+
+METADATA = "mimic-cxr-2.0.0-metadata"
+SPLIT = "mimic-cxr-2.0.0-split"
+LABELERS = {"chexpert": "mimic-cxr-2.0.0-chexpert", "negbio": "mimic-cxr-2.0.0-negbio"}
+TEST_SET_LABELED = "mimic-cxr-2.1.0-test-set-labeled"
+RADIOLOGIST_SPELLINGS = {"Airspace Opacity": "Lung Opacity", "No Findings": "No Finding"}
+SPLIT_NAMES = {"train": "train", "validate": "val", "test": "test"}
+INSTITUTION = "BIDMC"
+
+_METADATA_COLUMNS = {"dicom_id": "key", "subject_id": "int", "study_id": "int", "ViewPosition": "str",
+                     "StudyDate": "date", "StudyTime": "float",
+                     "PatientOrientationCodeSequence_CodeMeaning": "str"}
+_SPLIT_COLUMNS = {"dicom_id": "key", "study_id": "int", "subject_id": "int", "split": "str"}
+
+
+def _csv(folder: Path, stem: str) -> Path | None:
+    for suffix in (".csv.gz", ".csv"):
+        if (folder / f"{stem}{suffix}").is_file():
+            return folder / f"{stem}{suffix}"
+    return None
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", name))
+
+
+def _versioned(folder: Path, holds) -> Path | None:
+    """``folder`` if ``holds(folder)``, else its highest-version subfolder that holds it."""
+    if holds(folder):
+        return folder
+    if not folder.is_dir():
+        return None
+    subs = sorted((d for d in folder.iterdir() if d.is_dir() and _version_key(d.name)),
+                  key=lambda d: _version_key(d.name), reverse=True)
+    return next((d for d in subs if holds(d)), None)
+
+
+def _has_metadata(folder: Path) -> bool:
+    return _csv(folder, METADATA) is not None
+
+
+def _report_trees(folder: Path) -> tuple[Path, Path]:
+    """A MIMIC-CXR folder's report trees: its ``files/`` or the unzipped ``mimic-cxr-reports/files/``."""
+    return folder / "files", folder / "mimic-cxr-reports" / "files"
+
+
+@dataclass(frozen=True)
+class MimicLayout:
+    """Where the parts of one MIMIC installation are under a data root."""
+
+    jpg_root: Path                    # holds the metadata CSVs and files/
+    report_dirs: tuple[Path, ...]     # existing ``files`` folders to look for sSTUDY.txt in, in order
+    ehr: MimicIvTables | None         # None: no MIMIC-IV found
+
+
+def find_layout(root: Path, reports_root: Path | None = None,
+                ehr_root: Path | None = None) -> MimicLayout | None:
+    """Locate the MIMIC parts under ``root``; None when there is no metadata CSV at all.
+
+    Raises:
+        DataError: an explicitly given ``reports_root`` / ``ehr_root`` that holds nothing usable.
+    """
+    root = Path(root).resolve()
+    jpg_root = root if _has_metadata(root) else _versioned(root / "mimic-cxr-jpg", _has_metadata)
+    if jpg_root is None:
+        return None
+    if reports_root is not None:
+        reports_root = Path(reports_root).resolve()
+        if not reports_root.is_dir():
+            raise DataError(f"{reports_root}: reports_root is not a folder")
+        files = reports_root / "files"
+        report_dirs: list[Path] = [files if files.is_dir() else reports_root]
+    else:
+        report_dirs = []
+        for base in (root / "mimic-cxr", root / "mimic-cxr-reports"):
+            found = _versioned(base, lambda d: any(t.is_dir() for t in _report_trees(d)))
+            if found is not None:
+                report_dirs += [t for t in _report_trees(found) if t.is_dir()]
+        if (jpg_root / "files").is_dir():
+            report_dirs.append(jpg_root / "files")  # reports unzipped next to the study folders
+    ehr = None
+    if ehr_root is not None:
+        ehr = find_mimiciv(Path(ehr_root))
+        if ehr is None:
+            raise DataError(f"{ehr_root}: ehr_root holds no MIMIC-IV patients/admissions tables")
+    elif (root / "mimiciv").is_dir():
+        ehr = find_mimiciv(root / "mimiciv")
+    return MimicLayout(jpg_root, tuple(dict.fromkeys(report_dirs)), ehr)
+
+
+def _first_bad_row(path: Path, mask: np.ndarray, column: str, what: str) -> DataError:
+    return DataError(f"{path}:{int(np.flatnonzero(mask)[0]) + 2}: {column}: {what}")
+
+
+def _read_metadata(jpg_root: Path) -> pd.DataFrame:
+    path = _csv(jpg_root, METADATA)
+    meta = read_table(path, _METADATA_COLUMNS)
+    dup = meta["dicom_id"].duplicated().to_numpy()
+    if dup.any():
+        raise _first_bad_row(path, dup, "dicom_id", "duplicated dicom_id")
+    time = meta["StudyTime"].to_numpy(dtype=np.float64)
+    whole = np.floor(time)
+    hours, minutes, seconds = whole // 10000, (whole // 100) % 100, whole % 100 + (time - whole)
+    bad = ~np.isnan(time) & ((time < 0) | (hours > 23) | (minutes > 59) | (seconds >= 60))
+    if bad.any():
+        raise _first_bad_row(path, bad, "StudyTime", "is not an HHMMSS.ffffff time of day")
+    offset = pd.to_timedelta(hours * 3600 + minutes * 60 + seconds, unit="s")
+    meta["study_datetime"] = meta["StudyDate"] + offset  # NaT where StudyTime is blank
+    return meta
+
+
+def _read_split(jpg_root: Path) -> pd.DataFrame:
+    path = _csv(jpg_root, SPLIT)
+    if path is None:
+        raise DataError(f"{jpg_root}: missing {SPLIT}.csv.gz")
+    split = read_table(path, _SPLIT_COLUMNS)
+    bad = ~split["split"].isin(list(SPLIT_NAMES)).to_numpy()
+    if bad.any():
+        value = split["split"].iloc[int(np.flatnonzero(bad)[0])]
+        raise _first_bad_row(path, bad, "split", f"value {value!r} is not train, validate or test")
+    dup = split["dicom_id"].duplicated().to_numpy()
+    if dup.any():
+        raise _first_bad_row(path, dup, "dicom_id", "duplicated dicom_id")
+    split["split"] = split["split"].map(SPLIT_NAMES)
+    return split.rename(columns={"study_id": "_split_study_id", "subject_id": "_split_subject_id"})
+
+
+def _read_labels(jpg_root: Path, labeler: str) -> pd.DataFrame:
+    if labeler not in LABELERS:
+        raise ValueError(f"labeler must be one of {sorted(LABELERS)}, got {labeler!r}")
+    path = _csv(jpg_root, LABELERS[labeler])
+    if path is None:
+        raise DataError(f"{jpg_root}: missing {LABELERS[labeler]}.csv.gz")
+    labels = read_table(path, {"subject_id": "int", "study_id": "int", **dict.fromkeys(CHEXPERT_14, "label")})
+    dup = labels.duplicated(["subject_id", "study_id"]).to_numpy()
+    if dup.any():
+        raise _first_bad_row(path, dup, "study_id", "second label row for the same study")
+    return labels
+
+
+def _read_radiologist_labels(jpg_root: Path) -> tuple[pd.DataFrame, list[str]]:
+    """The 2.1.0 test-set labels, spellings normalised; also the label names the file lacks."""
+    path = _csv(jpg_root, TEST_SET_LABELED)
+    if path is None:
+        raise DataError(f"{jpg_root}: test_labels='radiologist' needs {TEST_SET_LABELED}.csv "
+                        "(MIMIC-CXR-JPG 2.1.0)")
+    kinds = {"study_id": "int"}
+    renames = {}
+    for raw in header(path):
+        name = RADIOLOGIST_SPELLINGS.get(raw.strip(), raw.strip())
+        if name in CHEXPERT_14:
+            kinds[raw], renames[raw] = "label", name
+        elif raw not in ("study_id", "subject_id"):
+            raise DataError(f"{path}:1: {raw}: not a CheXpert category")
+    table = read_table(path, kinds).rename(columns=renames)
+    dup = table["study_id"].duplicated().to_numpy()
+    if dup.any():
+        raise _first_bad_row(path, dup, "study_id", "second label row for the same study")
+    return table, [n for n in CHEXPERT_14 if n not in table.columns]
+
+
+def _attach_reports(frame: pd.DataFrame, report_dirs: tuple[Path, ...]) -> int:
+    """Fill indication / findings / impression in place; returns the number of IMAGES without a report."""
+    for col in ("indication", "findings", "impression"):
+        frame[col] = ""
+    if not report_dirs:
+        return len(frame)
+    studies = frame[["patient_id", "study_id"]].drop_duplicates()
+    found = {}
+    for patient, study in zip(studies["patient_id"], studies["study_id"], strict=True):
+        relative = os.path.join(f"p{patient[:2]}", f"p{patient}", f"s{study}.txt")
+        for base in report_dirs:
+            try:
+                sections = read_report(base / relative)
+            except FileNotFoundError:
+                continue
+            found[study] = (sections.indication, sections.findings, sections.impression)
+            break
+    if found:
+        parts = pd.DataFrame.from_dict(found, orient="index",
+                                       columns=["indication", "findings", "impression"])
+        hit = frame["study_id"].isin(parts.index).to_numpy()
+        for col in parts.columns:
+            frame.loc[hit, col] = parts[col].reindex(frame.loc[hit, "study_id"]).to_numpy()
+    return int((~frame["study_id"].isin(found.keys())).sum())
+
+
+class MimicCxrAdapter:
+    """The ``mimic-cxr`` dataset adapter (see the module docstring)."""
+
+    name = "mimic-cxr"
+    label_names = CHEXPERT_14
+
+    def load(  # noqa: PLR0913  (keyword-only options, each a documented cohort/source switch)
+        self, root: Path, *, reports_root: Path | None = None, ehr_root: Path | None = None,
+        data_source: DataSource = "real", check_files: bool = True, labeler: str = "chexpert",
+        test_labels: str = "labeler", ehr_from_edregtime: bool = False,
+    ) -> Records:
+        """Read one MIMIC installation under ``root`` into image-level records.
+
+        Args:
+            root: the data root (or the ``mimic-cxr-jpg`` folder itself).
+            reports_root: a MIMIC-CXR ``files/`` tree (or its parent) holding ``sSTUDY.txt`` reports.
+            ehr_root: a ``mimiciv`` folder; default ``<root>/mimiciv`` when present.
+            data_source: ``real`` or ``synthetic`` (the caller knows; recorded as given).
+            check_files: drop (and count) rows whose JPG is missing; ``False`` trusts the metadata.
+            labeler: ``chexpert`` (default) or ``negbio`` label file.
+            test_labels: ``labeler`` (default) or ``radiologist`` (2.1.0 test-set file for the test split).
+            ehr_from_edregtime: widen admission windows to ED registration (``harness.data.ehr``).
+
+        Raises:
+            DataError: missing required file, or a bad row (file, row, column).
+        """
+        if test_labels not in ("labeler", "radiologist"):
+            raise ValueError(f"test_labels must be 'labeler' or 'radiologist', got {test_labels!r}")
+        layout = find_layout(root, reports_root, ehr_root)
+        if layout is None:
+            raise DataError(f"{root}: no MIMIC-CXR-JPG metadata ({METADATA}.csv.gz) in the root, "
+                            "<root>/mimic-cxr-jpg or <root>/mimic-cxr-jpg/<version>")
+        frame, problems, extras = self._image_table(layout.jpg_root, labeler, test_labels)
+        skipped: dict[str, int] = {}
+        if check_files:
+            exists = np.fromiter((os.path.isfile(p) for p in frame["path"]), dtype=bool, count=len(frame))
+            if not exists.all():
+                skipped["image file missing"] = int((~exists).sum())
+                frame = frame[exists].reset_index(drop=True)
+        missing_reports = _attach_reports(frame, layout.report_dirs)
+        if missing_reports:
+            skipped["report missing"] = missing_reports
+        frame["age"], frame["sex"] = np.nan, ""
+        if layout.ehr is not None:
+            frame = join_ehr(frame, layout.ehr, from_edregtime=ehr_from_edregtime)
+            frame["age"], frame["sex"] = frame["ehr_age"], frame["ehr_sex"]
+            extras["mimiciv_version"] = layout.ehr.version
+            extras["ehr_coverage"] = ehr_coverage(frame)
+        extras.update(jpg_root=str(layout.jpg_root), report_dirs=[str(d) for d in layout.report_dirs],
+                      labeler=labeler, test_labels=test_labels, check_files=check_files)
+        records = Records(self.name, frame, CHEXPERT_14, Path(root), data_source, skipped, problems, extras)
+        records.validate()
+        return records
+
+    def _image_table(self, jpg_root: Path, labeler: str, test_labels: str):
+        meta = _read_metadata(jpg_root)
+        split = _read_split(jpg_root)
+        labels = _read_labels(jpg_root, labeler)
+        frame = meta.merge(split, on="dicom_id", how="left", validate="one_to_one")
+        joined = frame["split"].notna().to_numpy()
+        mismatch = joined & ((frame["_split_study_id"] != frame["study_id"])
+                             | (frame["_split_subject_id"] != frame["subject_id"])).to_numpy()
+        if mismatch.any():
+            dicom = frame["dicom_id"].iloc[int(np.flatnonzero(mismatch)[0])]
+            row = int(np.flatnonzero((split["dicom_id"] == dicom).to_numpy())[0]) + 2
+            raise DataError(f"{_csv(jpg_root, SPLIT)}:{row}: study_id: "
+                            f"disagrees with {METADATA} for this dicom_id")
+        problems, extras = [], {}
+        if not joined.all():
+            problems.append(f"{_csv(jpg_root, SPLIT).name}: split: {int((~joined).sum())} metadata image(s) "
+                            "have no split row (kept with split '')")
+        frame = frame.merge(labels, on=["subject_id", "study_id"], how="left", validate="many_to_one",
+                            indicator="_label_row")
+        no_row = (frame["_label_row"] == "left_only").to_numpy()
+        extras["studies_without_label_row"] = int(frame.loc[no_row, "study_id"].nunique())
+        if test_labels == "radiologist":
+            self._use_radiologist_labels(frame, jpg_root, problems, extras)
+        return self._records_frame(frame, jpg_root), problems, extras
+
+    @staticmethod
+    def _use_radiologist_labels(frame: pd.DataFrame, jpg_root: Path, problems: list[str],
+                                extras: dict) -> None:
+        table, absent = _read_radiologist_labels(jpg_root)
+        test = (frame["split"] == "test").to_numpy()
+        rad = table.set_index("study_id").reindex(frame.loc[test, "study_id"].to_numpy())
+        for name in CHEXPERT_14:
+            frame.loc[test, name] = rad[name].to_numpy() if name in rad.columns else np.nan
+        if absent:
+            problems.append(f"{TEST_SET_LABELED}.csv: header: no column for {absent} (test labels NaN)")
+        test_studies = frame.loc[test, "study_id"]
+        labelled = test_studies.isin(table["study_id"])
+        extras["test_studies_with_radiologist_labels"] = int(test_studies[labelled].nunique())
+        extras["test_studies_without_radiologist_labels"] = int(test_studies[~labelled].nunique())
+
+    @staticmethod
+    def _records_frame(frame: pd.DataFrame, jpg_root: Path) -> pd.DataFrame:
+        patient = frame["subject_id"].astype(str)
+        study = frame["study_id"].astype(str)
+        files = str(jpg_root / "files")
+        paths = [f"{files}/p{p[:2]}/p{p}/s{s}/{d}.jpg" for p, s, d in zip(patient, study, frame["dicom_id"],
+                                                                            strict=True)]
+        out = pd.DataFrame({
+            "dataset": "mimic-cxr",
+            "image_id": frame["dicom_id"].astype(str).to_numpy(),
+            "patient_id": patient.to_numpy(),
+            "study_id": study.to_numpy(),
+            "view": frame["ViewPosition"].fillna("").astype(str).str.strip().to_numpy(),
+            "split": frame["split"].fillna("").to_numpy(),
+            "path": paths,
+            "institution": INSTITUTION,
+            "study_date": frame["StudyDate"].to_numpy(),
+            "study_datetime": frame["study_datetime"].to_numpy(),
+            "orientation": frame["PatientOrientationCodeSequence_CodeMeaning"].fillna("").astype(str)
+            .str.strip().to_numpy(),
+        })
+        for name in CHEXPERT_14:
+            out[name] = frame[name].to_numpy(dtype=np.float64)
+        return out
+
+    def check(self, root: Path) -> CheckReport:
+        """Load with file checks and summarise; problems instead of exceptions."""
+        root = Path(root)
+        try:
+            layout = find_layout(root)
+        except DataError as err:
+            return CheckReport(self.name, root, present=True, problems=[str(err)])
+        if layout is None:
+            return CheckReport(self.name, root, present=False,
+                               notes=[f"expected <root>/mimic-cxr-jpg/{METADATA}.csv.gz"])
+        try:
+            records = self.load(root)
+        except DataError as err:
+            return CheckReport(self.name, root, present=True, problems=[str(err)])
+        frame = records.frame
+        notes = [f"jpg root: {layout.jpg_root}",
+                 f"report folders: {len(layout.report_dirs)}",
+                 f"MIMIC-IV: {layout.ehr.version or 'unversioned'}" if layout.ehr else "MIMIC-IV: not found",
+                 "2.1.0 radiologist test labels: "
+                 + ("yes" if _csv(layout.jpg_root, TEST_SET_LABELED) else "no")]
+        return CheckReport(
+            self.name, root, present=True,
+            splits={k: int(v) for k, v in frame["split"].value_counts().sort_index().items()},
+            views={k: int(v) for k, v in frame["view"].value_counts().items()},
+            labels={n: int((frame[n] == 1.0).sum()) for n in CHEXPERT_14},
+            skipped=dict(records.skipped), problems=list(records.problems), notes=notes,
+        )
+
+
+ADAPTER = MimicCxrAdapter()
