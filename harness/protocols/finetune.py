@@ -1,0 +1,184 @@
+"""End-to-end fine-tuning: the encoder plus a linear head, trained on the task's labels.
+
+The second standard evaluation next to the linear probe (MoCo-CXR's
+"end-to-end fine-tuning", MSN+EHR's ``--freeze 0``): a deep COPY of the encoder
+(the caller's weights are never changed, and this is checked) gets a
+``Linear(num_features, L)`` head on ``encode_image``; both are trained with
+AdamW on the masked multi-label BCE of the linear probe, with a lower learning
+rate for the pretrained encoder than for the fresh head. After every epoch the
+validation AUROC-macro is measured; training stops when it has not improved
+for ``patience`` epochs and the best epoch's weights are restored before the
+test set is scored (the same metrics code as the linear probe).
+
+Deterministic on CPU for a seed: head initialisation, dropout and the batch
+order draw from a seeded RNG inside ``torch.random.fork_rng`` (the global RNG
+state is left as it was). On CUDA, bf16 autocast is used and cuDNN makes the
+result non-deterministic at the float-rounding level.
+
+Arguments (``ctx.args``, usually profile-specific through the task's
+``profile_args``; unknown keys are an error):
+
+===================  ==========================================  =======
+``epochs``           maximum epochs                              10
+``batch_size``       training batch size                         32
+``eval_batch_size``  validation / test batch size                64
+``encoder_lr``       AdamW learning rate of the encoder          1e-5
+``head_lr``          AdamW learning rate of the head             1e-3
+``weight_decay``     AdamW weight decay                          1e-4
+``patience``         epochs without val improvement before stop  3
+``bootstrap``        patient resamples for the CI (0: no CI)     1000
+===================  ==========================================  =======
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness import metrics
+from harness.cohort import SplitData, fraction_mask
+from harness.features import assert_unchanged, weights_sha256
+from harness.methods import capabilities
+from harness.preprocess import to_model_input
+from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
+from harness.protocols.linear_probe import check_metrics, masked_bce, report
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    encoder_lr: float = 1e-5  # pretrained weights move slowly; the fresh head needs a larger step
+    head_lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 3
+    bootstrap: int = 1000
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> FinetuneConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise ProtocolError(f"finetune: unknown argument(s) {unknown}; known: {sorted(known)}")
+        cfg = cls(**args)
+        if cfg.epochs < 1 or cfg.batch_size < 2 or cfg.patience < 1:
+            raise ProtocolError(f"finetune: need epochs >= 1, batch_size >= 2, patience >= 1; got {cfg}")
+        return cfg
+
+
+class Classifier(nn.Module):
+    """``encode_image`` followed by a linear head: ``(B, C, S, S) -> (B, L)`` logits."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(int(encoder.num_features), num_labels)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder.encode_image(images).float())
+
+
+def _autocast(device: str) -> contextlib.AbstractContextManager:
+    return torch.autocast("cuda", dtype=torch.bfloat16) if torch.device(device).type == "cuda" \
+        else contextlib.nullcontext()
+
+
+def _batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Consecutive batches; a trailing single image joins the previous batch (BatchNorm needs two)."""
+    out = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if len(out) > 1 and len(out[-1]) == 1:
+        out[-2:] = [np.concatenate(out[-2:])]
+    return out
+
+
+def predict(model: Classifier, split: SplitData, ctx: EvalContext, batch_size: int) -> np.ndarray:
+    """``(N, L)`` probabilities for every image of a split (eval mode, no drop_last)."""
+    model.eval()
+    out = []
+    with torch.inference_mode(), _autocast(ctx.device):
+        for rows in _batches(np.arange(len(split)), batch_size):
+            x = to_model_input(split.images[rows], ctx.preprocess, ctx.device)
+            out.append(torch.sigmoid(model(x).float()).double().cpu().numpy())
+    return np.concatenate(out)
+
+
+def train_epoch(model: Classifier, opt: torch.optim.Optimizer, split: SplitData, rows: np.ndarray,
+                ctx: EvalContext, config: FinetuneConfig) -> float:
+    """One pass over ``rows`` of the training split in a seeded random order; returns the mean loss."""
+    model.train()
+    order = rows[torch.randperm(len(rows)).numpy()]  # the forked, seeded global RNG
+    losses = []
+    for batch in _batches(order, config.batch_size):
+        x = to_model_input(split.images[batch], ctx.preprocess, ctx.device)
+        y = torch.as_tensor(split.targets[batch], device=ctx.device)
+        with _autocast(ctx.device):
+            logits = model(x)
+        loss = masked_bce(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses))
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def fit(model: Classifier, ctx: EvalContext, rows: np.ndarray, config: FinetuneConfig) -> dict[str, Any]:
+    """Train with early stopping on validation AUROC-macro; the best epoch's weights end up in ``model``."""
+    opt = torch.optim.AdamW([{"params": model.encoder.parameters(), "lr": config.encoder_lr},
+                             {"params": model.head.parameters(), "lr": config.head_lr}],
+                            weight_decay=config.weight_decay)
+    history: list[dict[str, float]] = []
+    best_auc, best_epoch, best_state, stale = -np.inf, -1, _snapshot(model), 0
+    for epoch in range(config.epochs):
+        loss = train_epoch(model, opt, ctx.data.train, rows, ctx, config)
+        auc = metrics.auroc_macro(ctx.data.val.targets, predict(model, ctx.data.val, ctx, config.eval_batch_size))
+        if np.isnan(auc):
+            raise ProtocolError("finetune: no label has both classes in the validation split")
+        history.append({"epoch": epoch, "train_loss": loss, "val_auroc_macro": auc})
+        if auc > best_auc:
+            best_auc, best_epoch, best_state, stale = auc, epoch, _snapshot(model), 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    model.load_state_dict(best_state)
+    return {"best_epoch": best_epoch, "best_val_auroc_macro": best_auc, "epochs_run": len(history),
+            "history": history}
+
+
+def run(ctx: EvalContext) -> ProtocolResult:
+    """Fine-tune a copy of the encoder with a linear head (see the module docstring)."""
+    config = FinetuneConfig.from_args(ctx.args)
+    check_metrics(ctx)
+    if "trainable" not in capabilities(ctx.encoder):
+        raise ProtocolError("finetune: the encoder is not trainable (needs a torch.nn.Module with encode_image)")
+    sha = weights_sha256(ctx.encoder)
+    train = ctx.data.train
+    rows = np.flatnonzero(fraction_mask(train.frame["patient_id"], ctx.fraction, ctx.seed))
+    if len(rows) < 2:
+        raise ProtocolError(f"finetune: {len(rows)} training image(s) at fraction {ctx.fraction}")
+    cuda = torch.device(ctx.device).type == "cuda"
+    with torch.random.fork_rng(devices=[torch.device(ctx.device)] if cuda else []):
+        torch.manual_seed(ctx.seed)
+        model = Classifier(copy.deepcopy(ctx.encoder), len(ctx.data.label_names)).to(ctx.device)
+        training = fit(model, ctx, rows, config)
+    s_val = predict(model, ctx.data.val, ctx, config.eval_batch_size)
+    s_test = predict(model, ctx.data.test, ctx, config.eval_batch_size)  # test targets first read in report()
+    assert_unchanged(ctx.encoder, sha)
+
+    scores = report(ctx, ctx.data.val.targets, s_val, s_test, config.bootstrap)
+    details = {**training, "n": {"train": len(rows), "val": len(ctx.data.val), "test": len(ctx.data.test)},
+               "encoder_unchanged": True, **scores.details}
+    return ProtocolResult(metrics=scores.metrics, ci=scores.ci, details=details,
+                          predictions={"scores": s_test.astype(np.float32),
+                                       "targets": ctx.data.test.targets.astype(np.float32)})

@@ -1,0 +1,209 @@
+"""Linear probe: multi-label logistic regression on frozen, cached image features.
+
+The standard linear evaluation of self-supervised representations (MoCo,
+MSN+EHR "linear evaluation", GLoRIA's frozen-CNN probe), done as ONE convex
+problem instead of a training loop so that the number depends only on the
+features, the labels and the regularisation strength:
+
+1. features of train / val / test from ``harness.features.extract_features``
+   (cached per weights and rows; reused across fractions, seeds and grids);
+2. the training rows restricted to the label fraction (``cohort.fraction_mask``,
+   nested by patient, seeded);
+3. features standardised with the (fraction-restricted) training mean / std;
+4. for every L2 strength in ``l2_grid`` (strongest first, warm-started): the
+   logistic regression of all labels at once, full-batch L-BFGS on
+   ``mean over labels of masked BCE + l2/2 * ||W||^2`` (NaN targets -- the
+   label policy's "ignore" -- are masked out per label);
+5. the strength with the best validation AUROC-macro wins (ties: the stronger);
+6. only then are test features scored and the task's metrics computed, with a
+   patient-level bootstrap CI on the main metric.
+
+``fit_probe`` receives training and validation arrays only: test labels cannot
+influence any choice. After the probe the encoder's weights are checked to be
+bit-identical (MoCo's ``sanity_check``).
+
+``l2`` relates to scikit-learn's per-label ``C`` by ``C = 1 / (L * l2 * n_train)``
+with ``L`` labels (its loss is summed over images, ours averaged over images and labels).
+
+Arguments (``ctx.args``; unknown keys are an error):
+
+==============  ==================================================  =========
+``l2_grid``     L2 strengths tried on validation                    1e-6..1
+``max_iter``    L-BFGS iterations per strength                      200
+``batch_size``  feature-extraction batch size                       64
+``bootstrap``   patient resamples for the CI (0: no CI)             1000
+==============  ==================================================  =========
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness import metrics
+from harness.cohort import fraction_mask
+from harness.features import assert_unchanged, extract_features, split_cache_key, weights_sha256
+from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    l2_grid: tuple[float, ...] = (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+    max_iter: int = 200  # L-BFGS converges in well under 200 steps on standardised features
+    batch_size: int = 64
+    bootstrap: int = 1000  # MSN+EHR's 1,000 resamples
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> ProbeConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise ProtocolError(f"linear-probe: unknown argument(s) {unknown}; known: {sorted(known)}")
+        cfg = cls(**{**args, "l2_grid": tuple(float(v) for v in args.get("l2_grid", cls.l2_grid))})
+        if not cfg.l2_grid or any(v < 0 for v in cfg.l2_grid):
+            raise ProtocolError(f"linear-probe: l2_grid must be non-empty and >= 0, got {cfg.l2_grid}")
+        return cfg
+
+
+@dataclass
+class LinearProbe:
+    """A fitted probe: standardisation plus one logistic unit per label."""
+
+    mean: np.ndarray  # (D,)
+    std: np.ndarray  # (D,)
+    weight: np.ndarray  # (D, L)
+    bias: np.ndarray  # (L,)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """``(N, D)`` features -> ``(N, L)`` probabilities."""
+        z = ((np.asarray(x, dtype=np.float64) - self.mean) / self.std) @ self.weight + self.bias
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+@dataclass
+class ProbeFit:
+    probe: LinearProbe
+    l2: float
+    val_scores: np.ndarray  # (N_val, L) probabilities of the chosen probe
+    val_auroc: dict[float, float] = field(default_factory=dict)  # l2 -> validation AUROC-macro
+
+
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over labels of each label's mean BCE over its non-NaN targets."""
+    valid = ~torch.isnan(targets)
+    per = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.nan_to_num(targets),
+                                                               reduction="none") * valid
+    counts = valid.sum(0)
+    has = counts > 0
+    return (per.sum(0)[has] / counts[has]).mean()
+
+
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, max_iter: int,
+                 init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """All labels' logistic regressions as one full-batch L-BFGS problem: ``(D, L)`` weights, ``(L,)`` bias."""
+    d, n_labels = x.shape[1], y.shape[1]
+    w = (init[0].clone() if init else torch.zeros(d, n_labels, device=x.device)).requires_grad_(True)
+    b = (init[1].clone() if init else torch.zeros(n_labels, device=x.device)).requires_grad_(True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-7, tolerance_change=1e-10)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = masked_bce(x @ w + b, y) + 0.5 * l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+              config: ProbeConfig, device: str = "cpu") -> ProbeFit:
+    """Fit on train, choose ``l2`` on val. Sees no test data by construction."""
+    mean = x_train.mean(0, dtype=np.float64)
+    std = x_train.std(0, dtype=np.float64)
+    std = np.where(std > 1e-8, std, 1.0)  # constant features stay at zero instead of dividing by zero
+
+    def standardised(a: np.ndarray) -> torch.Tensor:  # on the device, float32: no float64 copy of N x D
+        t = torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=device)
+        return (t - torch.as_tensor(mean, dtype=torch.float32, device=device)) / torch.as_tensor(
+            std, dtype=torch.float32, device=device)
+
+    xt, xv = standardised(x_train), standardised(x_val)
+    yt = torch.as_tensor(y_train, dtype=torch.float32, device=device)
+    best: tuple[float, float, tuple[torch.Tensor, torch.Tensor]] | None = None
+    val_auroc: dict[float, float] = {}
+    init = None
+    for l2 in sorted(config.l2_grid, reverse=True):  # strongest first: each warm-starts the next
+        init = fit_logistic(xt, yt, l2, config.max_iter, init)
+        with torch.no_grad():
+            score = metrics.auroc_macro(y_val, torch.sigmoid(xv @ init[0] + init[1]).double().cpu().numpy())
+        val_auroc[l2] = score
+        if not np.isnan(score) and (best is None or score > best[1]):
+            best = (l2, score, init)
+    if best is None:
+        raise ProtocolError("linear-probe: no label has both classes in the validation split; "
+                            "cannot choose the regularisation")
+    l2, _, (w, b) = best
+    probe = LinearProbe(mean, std, w.double().cpu().numpy(), b.double().cpu().numpy())
+    return ProbeFit(probe, l2, probe.predict(x_val), val_auroc)
+
+
+def frozen_features(ctx: EvalContext, batch_size: int) -> dict[str, np.ndarray]:
+    """Cached global float32 features of the train / val / test splits."""
+    return {name: extract_features(ctx.encoder, ctx.data.split(name).images, ctx.preprocess, kind="global",
+                                   batch_size=batch_size, device=ctx.device, cache_key=split_cache_key(ctx, name),
+                                   progress=ctx.progress)
+            for name in ("train", "val", "test")}
+
+
+def check_metrics(ctx: EvalContext) -> None:
+    allowed = (*metrics.SCORE_METRICS, *metrics.THRESHOLD_METRICS)
+    bad = [m for m in ctx.task.metrics if m not in allowed]
+    if bad:
+        raise ProtocolError(f"{ctx.task.protocol}: cannot compute metric(s) {bad}; choose from {list(allowed)}")
+    if not ctx.task.labels:
+        raise ProtocolError(f"{ctx.task.protocol}: task {ctx.task.name!r} lists no labels")
+
+
+def report(ctx: EvalContext, y_val: np.ndarray, s_val: np.ndarray, s_test: np.ndarray,
+           n_boot: int) -> metrics.ClassificationScores:
+    """The task's metrics on test (F1 thresholds from val), CI on the main metric, label names in details."""
+    test = ctx.data.test
+    scores = metrics.score_classification(
+        ctx.task.metrics, (y_val, s_val), (test.targets, s_test), test.frame["patient_id"].to_numpy(),
+        ci_metrics=(ctx.task.main_metric,) if n_boot > 0 else (), n_boot=n_boot, seed=ctx.seed)
+    names = ctx.data.label_names
+    d = scores.details
+    d["auroc_per_label"] = dict(zip(names, d["auroc_per_label"], strict=True))
+    d["f1_thresholds"] = dict(zip(names, d["f1_thresholds"], strict=True))
+    d["skipped_labels"] = [names[j] for j in d["skipped_labels"]]
+    return scores
+
+
+def run(ctx: EvalContext) -> ProtocolResult:
+    """Linear probe on frozen features (see the module docstring)."""
+    config = ProbeConfig.from_args(ctx.args)
+    check_metrics(ctx)
+    sha = weights_sha256(ctx.encoder)
+    feats = frozen_features(ctx, config.batch_size)
+    train, val = ctx.data.train, ctx.data.val
+    keep = fraction_mask(train.frame["patient_id"], ctx.fraction, ctx.seed)
+    fit = fit_probe(feats["train"][keep], train.targets[keep], feats["val"], val.targets, config, ctx.device)
+    s_test = fit.probe.predict(feats["test"])  # test targets are first read in report()
+    assert_unchanged(ctx.encoder, sha)
+
+    scores = report(ctx, val.targets, fit.val_scores, s_test, config.bootstrap)
+    details = {
+        "l2": fit.l2, "val_auroc_macro": {str(k): v for k, v in fit.val_auroc.items()},
+        "n": {"train": int(keep.sum()), "train_patients": int(train.frame["patient_id"][keep].nunique()),
+              "val": len(val), "test": len(ctx.data.test)},
+        "num_features": int(feats["train"].shape[1]), "encoder_unchanged": True,
+        **scores.details,
+    }
+    return ProtocolResult(metrics=scores.metrics, ci=scores.ci, details=details,
+                          predictions={"scores": s_test.astype(np.float32),
+                                       "targets": ctx.data.test.targets.astype(np.float32)})
