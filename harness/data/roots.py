@@ -1,0 +1,221 @@
+"""Where each dataset's files are: a user data root, per-source overrides, or the synthetic world.
+
+Resolution order (first that applies):
+
+1. ``resolve_data_root(DIR)`` (the CLI's ``--data-root DIR``), else ``$HARNESS_DATA_ROOT``:
+   sources are ``DIR/<source>`` in their ORIGINAL layouts (``specs/datasets.md``);
+2. per-source overrides, ``source_overrides={"chexpert": PATH}`` or
+   ``$HARNESS_ROOT_<SOURCE>`` (``HARNESS_ROOT_MIMIC_CXR_JPG``, ``HARNESS_ROOT_NIH14`` ...),
+   replace single sources on top of (1) (or stand alone);
+3. neither: the default synthetic world, generated on first use into
+   ``$HARNESS_CACHE/synth/v<generator>-s<seed>-x<scale>/`` (``HARNESS_CACHE`` defaults to
+   ``~/.cache/harness``; scale from ``$HARNESS_SYNTH_SCALE``, default 1) under a file lock,
+   written to a temporary folder and renamed, then reused.
+
+A root is ``synthetic`` iff it holds ``HARNESS_SYNTHETIC.json``; real and
+synthetic sources are never mixed in one resolution (that would mix results).
+
+Adapters read ``<root>/<source>``; with overrides, ``DataRoot.path`` is a small
+folder of symbolic links (``$HARNESS_CACHE/roots/<hash>/<source> -> folder``), so
+every adapter sees one root whichever way the sources were given. Dataset names
+work as source names too: ``source_present("mimic-cxr")`` asks for the dataset,
+i.e. the MIMIC-CXR-JPG tree (``sources["mimic-cxr"]`` stays the reports folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.data.schema import DataError, DataSource
+
+SOURCES = ("mimic-cxr-jpg", "mimic-cxr", "mimiciv", "chexpert", "nih14", "openi")
+ENV_DATA_ROOT = "HARNESS_DATA_ROOT"
+ENV_CACHE = "HARNESS_CACHE"
+ENV_SYNTH_SCALE = "HARNESS_SYNTH_SCALE"
+MARKER = "HARNESS_SYNTHETIC.json"
+DATASET_FOLDER = {"mimic-cxr": "mimic-cxr-jpg"}  # dataset (adapter) name -> the folder it needs
+
+
+def source_env_var(source: str) -> str:
+    """``mimic-cxr-jpg`` -> ``HARNESS_ROOT_MIMIC_CXR_JPG``."""
+    return "HARNESS_ROOT_" + source.upper().replace("-", "_")
+
+
+@dataclass(frozen=True)
+class DataRoot:
+    """The resolved data location.
+
+    Attributes:
+        path: the data root (``None`` when only per-source overrides were given).
+        data_source: ``synthetic`` iff the root (or every override's parent) holds the marker.
+        sources: source name -> folder (present or not; see ``source_present``).
+    """
+
+    path: Path | None
+    data_source: DataSource
+    sources: dict[str, Path] = field(default_factory=dict)
+
+    def source_present(self, name: str) -> bool:
+        """Whether source (or dataset) ``name`` has a non-empty folder."""
+        folder = self.sources.get(DATASET_FOLDER.get(name, name))
+        return folder is not None and folder.is_dir() and any(folder.iterdir())
+
+    def source_path(self, name: str) -> Path:
+        """The folder of ``name``; a DataError that says how to provide it when absent."""
+        name = DATASET_FOLDER.get(name, name)
+        if name not in SOURCES:
+            raise DataError(f"unknown data source {name!r}; known: {', '.join(SOURCES)}")
+        if not self.source_present(name):
+            raise DataError(f"data source {name!r} not found at {self.sources.get(name)}: put it at "
+                            f"<data root>/{name} or set {source_env_var(name)}")
+        return self.sources[name]
+
+
+def _kind(folder: Path) -> DataSource:
+    return "synthetic" if (folder / MARKER).is_file() else "real"
+
+
+def _overrides(given: Mapping[str, str | Path] | None, environ: Mapping[str, str]) -> dict[str, Path]:
+    out = {s: Path(environ[source_env_var(s)]).expanduser() for s in SOURCES if environ.get(source_env_var(s))}
+    for name, path in (given or {}).items():
+        if name not in SOURCES:
+            raise DataError(f"source_overrides: unknown source {name!r}; known: {', '.join(SOURCES)}")
+        out[name] = Path(path).expanduser()
+    return out
+
+
+def resolve_data_root(data_root: str | Path | None, *, source_overrides: Mapping[str, str | Path] | None = None,
+                      synth_seed: int = 0, synth_scale: float | None = None,
+                      environ: Mapping[str, str] | None = None) -> DataRoot:
+    """Resolve the data root (see the module docstring for the order).
+
+    Raises:
+        DataError: a given root or override folder does not exist, an unknown override
+            name, or real and synthetic sources mixed.
+    """
+    environ = os.environ if environ is None else environ
+    overrides = _overrides(source_overrides, environ)
+    raw = data_root if data_root not in (None, "") else environ.get(ENV_DATA_ROOT) or None
+    root = Path(raw).expanduser() if raw else None
+    if root is None and not overrides:
+        root = default_synthetic_root(seed=synth_seed, scale=synth_scale, environ=environ)
+    if root is not None and not root.is_dir():
+        raise DataError(f"data root {root} is not a folder (from --data-root or ${ENV_DATA_ROOT})")
+    for name, folder in overrides.items():
+        if not folder.is_dir():
+            raise DataError(f"{source_env_var(name)} / source_overrides[{name!r}]: {folder} is not a folder")
+    sources = {name: root / name for name in SOURCES} if root is not None else {}
+    sources.update(overrides)
+    kinds = {_kind(root)} if root is not None else set()
+    kinds |= {_kind(folder.parent) for folder in overrides.values()}
+    if len(kinds) > 1:
+        raise DataError("real and synthetic data sources mixed (a root or override holds "
+                        f"{MARKER} and another does not): results must not mix them")
+    kind = kinds.pop()
+    if overrides:
+        candidates = [root, *(folder.parent for folder in overrides.values())]
+        marker = next((d / MARKER for d in candidates if d is not None and (d / MARKER).is_file()), None)
+        root = _link_farm(sources, marker, environ)
+    return DataRoot(root, kind, sources)
+
+
+def _link_farm(sources: dict[str, Path], marker: Path | None, environ: Mapping[str, str]) -> Path:
+    """A root whose ``<source>`` entries link to the resolved folders (adapters take one root)."""
+    resolved = {name: folder.resolve() for name, folder in sorted(sources.items()) if folder.exists()}
+    key = hashlib.sha256(repr(sorted((k, str(v)) for k, v in resolved.items())).encode()).hexdigest()[:16]
+    farm = _cache(environ) / "roots" / key
+    farm.mkdir(parents=True, exist_ok=True)
+    for name, target in resolved.items():
+        link = farm / name
+        if link.is_symlink() and Path(os.readlink(link)) == target:
+            continue
+        tmp = farm / f".{name}.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target, target_is_directory=True)
+        os.replace(tmp, link)  # atomic: concurrent resolutions agree
+    if marker is not None:
+        shutil.copyfile(marker, farm / MARKER)
+    else:
+        (farm / MARKER).unlink(missing_ok=True)
+    return farm
+
+
+def _cache(environ: Mapping[str, str]) -> Path:
+    return Path(environ.get(ENV_CACHE) or "~/.cache/harness").expanduser()
+
+
+def synthetic_cache_dir(seed: int, scale: float, environ: Mapping[str, str] | None = None) -> Path:
+    from harness.synth.calibration import default_calibration
+    from harness.synth.world import GENERATOR_VERSION
+
+    environ = os.environ if environ is None else environ
+    cache = _cache(environ)
+    calibration = default_calibration()
+    tag = "" if calibration == "spec" else f"-{calibration}"
+    return cache / "synth" / f"v{GENERATOR_VERSION}-s{seed}-x{scale:g}{tag}"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, timeout_s: float = 3600.0) -> Iterator[None]:
+    """An exclusive lock between processes (flock; O_EXCL lock file where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        fcntl = None
+    if fcntl is not None:
+        with path.open("a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        return
+    deadline = time.monotonic() + timeout_s  # pragma: no cover
+    while True:  # pragma: no cover
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"lock {path} held for over {timeout_s} s; remove it if stale") from None
+            time.sleep(0.5)
+    try:  # pragma: no cover
+        yield
+    finally:  # pragma: no cover
+        os.close(fd)
+        path.unlink(missing_ok=True)
+
+
+def default_synthetic_root(*, seed: int = 0, scale: float | None = None, progress: bool = True,
+                           environ: Mapping[str, str] | None = None) -> Path:
+    """The cached synthetic world for (generator version, seed, scale), generated once."""
+    from harness.synth import write_world
+
+    environ = os.environ if environ is None else environ
+    if scale is None:
+        scale = float(environ.get(ENV_SYNTH_SCALE) or 1.0)
+    final = synthetic_cache_dir(seed, scale, environ)
+    if (final / MARKER).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(final.parent / f".{final.name}.lock"):
+        if (final / MARKER).is_file():  # another process wrote it while we waited
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        try:
+            write_world(tmp, seed=seed, scale=scale, progress=progress)
+            if final.exists():  # a folder without marker: an interrupted older layout
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final
