@@ -192,6 +192,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from harness import dispatch
 
         outcomes = dispatch.dispatch_runs([req], args)
+        print(dispatch.describe(outcomes))
         return 0 if all(o.status == "done" for o in outcomes) else 1
     out = execute(req)
     _print_outcome(out.record, out.path)
@@ -248,11 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     from harness.tasks import TaskSpecError
 
     expected: tuple[type[BaseException], ...] = (UnknownNameError, TaskSpecError, DataError, OSError)
-    try:
-        from harness.runner import RunError
+    from harness.runner import RunError
 
-        expected += (RunError,)
-    except ImportError:  # pragma: no cover
+    expected += (RunError,)
+    try:
+        from harness.dispatch import DispatchError
+
+        expected += (DispatchError,)
+    except ModuleNotFoundError:  # pragma: no cover - dispatch lands separately
         pass
     handlers = {"run": cmd_run, "ls": cmd_ls, "validate": cmd_validate, "leaderboard": cmd_leaderboard,
                 "data": cmd_data}

@@ -135,6 +135,7 @@ class TaskData:
     split_sha256: str
     image_size: int
     skipped: dict[str, int] = field(default_factory=dict)
+    images_fingerprint: str = ""  # the image store's source fingerprint: changes when any pixel file does
     extras: dict[str, object] = field(default_factory=dict)  # Records.extras of the test dataset (e.g. boxes)
 
     def split(self, name: str) -> SplitData:
@@ -209,12 +210,14 @@ def build_task_data(task: TaskSpec, records: Records, image_size: int, *, eval_r
         task=task, label_names=task.labels, train=parts["train"], val=parts["val"], test=parts["test"],
         data_source=records.data_source, dataset_fingerprint=hashlib.sha256(fp.encode()).hexdigest(),
         split_sha256=_frame_hash(frame, ["dataset", "image_id", "_task_split"]), image_size=image_size,
-        skipped=skipped, extras=dict((eval_records or records).extras),
+        skipped=skipped, images_fingerprint=str(getattr(store, "source_fingerprint", "")), extras=dict((eval_records or records).extras),
     )
 
 
 def training_data(data: TaskData) -> TrainingData:
     """The pretraining view of a task: its training split, nothing else."""
     train = data.train
+    rows = _frame_hash(train.frame, ["dataset", "image_id"])
+    fingerprint = hashlib.sha256(f"{rows}:{data.images_fingerprint}:{data.image_size}".encode()).hexdigest()
     return TrainingData(dataset=data.task.dataset, frame=train.frame, images=train.images,
-                        data_source=data.data_source, fingerprint=_frame_hash(train.frame, ["dataset", "image_id"]))
+                        data_source=data.data_source, fingerprint=fingerprint)

@@ -100,10 +100,20 @@ def check_fraction(task: TaskSpec, fraction: float) -> None:
         raise RunError(f"--fraction must be in (0, 1], got {fraction}")
 
 
+class _SelfContained:
+    """The data root of a task whose datasets write themselves (the unit-test ``mock``)."""
+
+    path = None
+    data_source = "synthetic"
+
+    def source_present(self, name: str) -> bool:
+        return True
+
+
 def load_records(dataset: str, data_root: Any) -> Any:
     """Adapter output for one dataset under the resolved data root."""
     adapter = DATASETS.get(dataset)
-    if dataset != "mock" and not data_root.source_present(dataset):
+    if not data_root.source_present(dataset):
         raise RunError(f"dataset {dataset!r} is not under the data root {data_root.path} "
                        f"(see `python -m harness data check {dataset} --root DIR`)")
     return adapter.load(data_root.path, data_source=data_root.data_source)
@@ -203,15 +213,16 @@ def prepare(req: RunRequest) -> Prepared:
     if missing:
         raise RunError(f"method {req.method!r} lacks capability {missing} required by task {task.name!r}")
 
-    data_root = resolve_data_root(req.data_root)
+    needs_root = any(getattr(DATASETS.get(d), "needs_data_root", True) for d in (task.dataset, task.eval_dataset) if d)
+    data_root = resolve_data_root(req.data_root) if needs_root else _SelfContained()
     profile = req.profile or ("small" if data_root.data_source == "synthetic" else "paper")
     if profile not in PROFILES:
         raise RunError(f"unknown profile {profile!r}; choose from {list(PROFILES)}")
     config = method_config(method, profile, req.overrides)
     device = resolve_device(req.device)
     if data_root.data_source == "synthetic":
-        log.warning("data: SYNTHETIC (embedded synthetic CXR world at %s); results are labelled synthetic",
-                    data_root.path)
+        log.warning("data: SYNTHETIC (%s); results are labelled synthetic",
+                    f"embedded synthetic CXR world at {data_root.path}" if data_root.path else "self-contained mock data")
 
     t = time.perf_counter()
     records = load_records(task.dataset, data_root)

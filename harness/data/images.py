@@ -349,4 +349,6 @@ def image_store(paths: Sequence[str | Path], size: int, *, cache_root: Path | No
             header = _build(paths, size, header, pixels_path, header_path, progress, workers)
     bad = np.zeros(n, dtype=bool)
     bad[header["bad"]] = True
-    return ImageStore(pixels_path, n, size, bad, list(header["problems"]))
+    store = ImageStore(pixels_path, n, size, bad, list(header["problems"]))
+    store.source_fingerprint = fp  # identifies the pixels (paths, sizes, mtimes): feature/pretrain cache keys use it
+    return store

@@ -2,7 +2,7 @@
 
 ``Square`` is a bright square in the upper left, ``Bar`` a horizontal bar near the
 bottom; each present with probability 1/2, noise elsewhere. Written on first
-use under ``$HARNESS_CACHE/mock/v1`` and read back like any other dataset, so the
+use under ``$HARNESS_CACHE/mock/v2`` and read back like any other dataset, so the
 whole flow (cache, cohort, encoder, protocol, record) runs in seconds.
 """
 
@@ -19,7 +19,7 @@ from PIL import Image
 from harness.data.schema import Records
 
 LABELS = ("Square", "Bar")
-N_PATIENTS, IMAGES_PER_PATIENT, SIZE, VERSION = 48, 2, 32, 1
+N_PATIENTS, IMAGES_PER_PATIENT, SIZE, VERSION = 48, 2, 32, 2
 
 
 def _root() -> Path:
@@ -34,11 +34,11 @@ def _write(root: Path) -> None:
     for p in range(N_PATIENTS):
         for k in range(IMAGES_PER_PATIENT):
             square, bar = rng.random(2) < 0.5
-            img = rng.normal(90, 25, (SIZE, SIZE))
+            img = rng.normal(90, 30, (SIZE, SIZE))
             if square:
-                img[4:12, 4:12] += 110
+                img[5:11, 5:11] += 28
             if bar:
-                img[24:27, 6:26] += 110
+                img[24:26, 6:26] += 28
             name = f"p{p:03d}_{k}.png"
             Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), mode="L").save(tmp / name)
             rows.append({"image_id": name, "patient_id": f"p{p:03d}", "Square": float(square), "Bar": float(bar)})
@@ -53,6 +53,7 @@ def _write(root: Path) -> None:
 
 class MockAdapter:
     name = "mock"
+    needs_data_root = False  # it writes itself into the cache; no data root is resolved for it
 
     def load(self, root: Path | None = None, *, data_source: str = "synthetic", **_: object) -> Records:
         root = _root()
