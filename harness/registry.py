@@ -73,7 +73,8 @@ class Registry(Generic[T]):
         if name in self._objects:
             return self._objects[name]
         if name in self._lazy:
-            obj = resolve_target(self._lazy.pop(name))
+            obj = resolve_target(self._lazy[name])  # a failed import keeps the name registered
+            del self._lazy[name]
             self._objects[name] = obj  # type: ignore[assignment]
             return obj  # type: ignore[return-value]
         raise UnknownNameError(f"unknown {self.kind} {name!r}{did_you_mean(name, self.names())}")

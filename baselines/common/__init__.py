@@ -1,0 +1,1 @@
+"""The training stack shared by every baseline: loop, data, backbones, encoder, distributed."""

@@ -1,0 +1,62 @@
+"""MoCo v2 with the MoCo-CXR recipe: the config and its three profiles.
+
+``paper`` follows MoCo-CXR's scripts (specs/methods.md 5.1: Adam lr 1e-4, wd 1e-4,
+batch 16, 20 epochs, lr x0.1 at epochs 12/18/24, T 0.2, m 0.999, dim 128, queue
+24,576, flip + 10 degree rotation + crop, no colour jitter) with the harness's
+ResNet-50 at 224 px (MoCo-CXR used ResNet-18 / DenseNet-121 at 320 px: harness
+choice, so the image features match the Dalla Serra et al. ResNet-50 pipeline).
+``small`` is the CPU default on the synthetic world; ``smoke`` runs in seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from baselines.common.config import to_dict
+
+
+@dataclass(frozen=True)
+class MoCoConfig:
+    backbone: str = "efficientnet_lite0"
+    image_size: int = 96
+    init: str = "imagenet"  # imagenet: start from supervised ImageNet weights (MoCo-CXR --from-imagenet) | random
+    weights: str | None = None  # ImageNet weights file for init=imagenet; None: the default source
+    dim: int = 128  # MoCo feature dimension (output of the MLP head)
+    K: int = 24576  # queue size; capped at the largest multiple of the global batch <= #images (recorded)
+    m: float = 0.999  # key-encoder momentum
+    T: float = 0.2  # InfoNCE temperature (MoCo-CXR scripts; MoCo's default 0.07)
+    mlp: bool = True  # 2-layer MLP head (MoCo v2)
+    # one process: the keys' BatchNorm sees this many shuffled sub-batches, as it would on that many GPUs
+    # with MoCo's shuffle BN (same permutation as rank 0 draws, so 1 and N processes agree closely)
+    shuffle_bn_splits: int = 2
+    batch_size: int = 32  # global, over all processes (as MoCo's --batch-size); MoCo-CXR: 16
+    lr: float = 1e-4  # Adam, MoCo-CXR
+    weight_decay: float = 1e-4
+    epochs: float = 20.0
+    steps: int | None = None  # overrides epochs when set (the CPU profiles train for a fixed budget)
+    lr_decay_epochs: tuple[float, ...] = (12.0, 18.0, 24.0)  # x0.1 at each (MoCo-CXR); 24 is past 20 epochs
+    scale: tuple[float, float] = (0.6, 1.0)  # random resized crop area: conservative, the thorax stays in view
+    rotation: float = 10.0
+    hflip: bool = True
+    brightness: float = 0.1
+    contrast: float = 0.1
+    checkpoint_every: int = 200
+    log_every: int = 10
+    amp: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.init not in ("imagenet", "random"):
+            raise ValueError(f"moco: init must be 'imagenet' or 'random', got {self.init!r}")
+        if self.K <= 0 or self.batch_size <= 0 or not 0 <= self.m <= 1 or self.T <= 0:
+            raise ValueError(f"moco: bad K / batch_size / m / T in {self}")
+
+
+PROFILES = {
+    "smoke": to_dict(MoCoConfig(backbone="resnet18", image_size=32, init="random", K=64, batch_size=8, steps=4,
+                                checkpoint_every=2, log_every=1, lr=1e-3)),
+    "small": to_dict(MoCoConfig(backbone="efficientnet_lite0", image_size=96, init="imagenet", K=4096,
+                                batch_size=32, steps=100, checkpoint_every=25)),
+    "paper": to_dict(MoCoConfig(backbone="resnet50", image_size=224, init="imagenet", K=24576, batch_size=16,
+                                epochs=20.0, checkpoint_every=1000, log_every=50)),
+}

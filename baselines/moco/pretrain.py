@@ -1,0 +1,91 @@
+"""MoCo pretraining on a task's training images: builds the model and hands it to the shared Trainer.
+
+Called by ``MoCoMethod.pretrain``; resumable (a checkpoint in ``workdir`` is picked
+up) and DDP-ready (launch the runner under ``torchrun`` or a multi-task submitit job).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from baselines.common import distributed
+from baselines.common.backbones import Backbone, build_backbone
+from baselines.common.config import to_dict
+from baselines.common.data import AugmentConfig, ViewBatches
+from baselines.common.encoder import imagenet_preprocess
+from baselines.common.sampling import StepSampler
+from baselines.common.seeding import seed_all
+from baselines.common.train import StepContext, TrainConfig, Trainer, step_decay
+from baselines.moco.config import MoCoConfig
+from baselines.moco.model import MoCo
+from harness.methods import PretrainRequest
+
+
+def base_encoder(cfg: MoCoConfig) -> Backbone:
+    """The backbone MoCo starts from: ImageNet weights (MoCo-CXR ``--from-imagenet``) or random."""
+    if cfg.init == "imagenet":
+        from baselines.imagenet import imagenet_backbone
+
+        return imagenet_backbone(cfg.backbone, image_size=cfg.image_size, weights=cfg.weights)
+    return build_backbone(cfg.backbone, in_chans=3, image_size=cfg.image_size)
+
+
+def queue_size(cfg: MoCoConfig, num_images: int, global_batch: int) -> int:
+    """``cfg.K`` rounded down to a multiple of the global batch, and at most the dataset size.
+
+    A queue longer than the dataset would hold older keys of the very image being
+    queried as negatives; the value used is recorded in the checkpoint meta.
+    """
+    cap = max(global_batch, (min(cfg.K, num_images) // global_batch) * global_batch)
+    return cap
+
+
+def total_steps(cfg: MoCoConfig, num_images: int, global_batch: int) -> int:
+    return cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * num_images / global_batch)
+
+
+def pretrain(request: PretrainRequest, cfg: MoCoConfig, card: dict) -> Path:
+    """Train MoCo on ``request.data.images`` into ``request.workdir``; return the final checkpoint."""
+    info = distributed.info()
+    images = request.data.images
+    global_batch = cfg.batch_size  # MoCo's --batch-size is the total over all processes
+    if global_batch % info.world_size:
+        raise ValueError(f"moco: batch_size {global_batch} is not divisible by the {info.world_size} processes")
+    steps = total_steps(cfg, len(images), global_batch)
+    K = queue_size(cfg, len(images), global_batch)
+    steps_per_epoch = len(images) / global_batch
+
+    seed_all(request.seed)  # the initialisation (random init, MLP heads, queue) is a function of the seed
+    model = MoCo(lambda: base_encoder(cfg), dim=cfg.dim, K=K, m=cfg.m, T=cfg.T, mlp=cfg.mlp,
+                 shuffle_bn_splits=cfg.shuffle_bn_splits)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = step_decay(optimizer, tuple(round(e * steps_per_epoch) for e in cfg.lr_decay_epochs))
+
+    sampler = StepSampler(len(images), global_batch // info.world_size, seed=request.seed, rank=info.rank,
+                          world_size=info.world_size)
+    view = AugmentConfig(scale=cfg.scale, rotation=cfg.rotation, hflip=cfg.hflip, brightness=cfg.brightness,
+                         contrast=cfg.contrast)
+    batches = ViewBatches(images, sampler, (view, view), imagenet_preprocess(cfg.image_size, 3),
+                          device=request.device)
+
+    train_cfg = TrainConfig(steps=steps, seed=request.seed, device=request.device,
+                            checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, amp=cfg.amp,
+                            progress=request.progress)
+    meta = {"method": "moco", "config": to_dict(cfg), "queue_size_used": K, "card": card,
+            "data": {"dataset": request.data.dataset, "fingerprint": request.data.fingerprint,
+                     "data_source": request.data.data_source, "num_images": len(images)}}
+    trainer = Trainer(model, optimizer, train_cfg, request.workdir, scheduler=scheduler, meta=meta)
+    return trainer.fit(_moco_step, batches, sampler=sampler)
+
+
+def _moco_step(model: torch.nn.Module, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict]:
+    im_q, im_k = batch["views"]  # two augmented views of the same images, (B, C, S, S) each
+    logits, labels = model(im_q, im_k)  # (B, 1 + K), (B,)
+    loss = F.cross_entropy(logits, labels)  # InfoNCE
+    top1 = (logits.argmax(dim=1) == labels).float().mean()
+    return loss, {"top1": top1.detach()}

@@ -1,0 +1,67 @@
+"""``random``: an untrained backbone, the floor every method must beat.
+
+Same backbones as the trained baselines, initialised by torchvision/timm's
+default initialisers from a seeded generator; nothing is pretrained, so the card
+lists no pretraining data. Usage::
+
+    python -m harness run --method random --task mimic-cls          # small profile
+    python -m harness run --method random --task mimic-cls --profile paper   # ResNet-50, 224 px
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from baselines.common.backbones import build_backbone
+from baselines.common.config import from_dict, to_dict
+from baselines.common.encoder import BackboneEncoder, imagenet_preprocess
+from harness.methods import MethodCard, PretrainRequest
+
+PAPER = "harness design: untrained backbone with the libraries' default initialisation (the floor)"
+
+
+@dataclass(frozen=True)
+class RandomConfig:
+    backbone: str = "resnet18"
+    image_size: int = 128
+    in_chans: int = 3  # 3: grey repeated, as for the ImageNet baselines it is compared with
+    seed: int = 0  # the initialisation seed
+
+
+def card_for(config: RandomConfig) -> MethodCard:
+    return MethodCard(
+        name="random", paper=PAPER,
+        preprocess=imagenet_preprocess(config.image_size, config.in_chans),
+        pretraining_data=(),
+        notes=f"untrained {config.backbone}, seed {config.seed}; ImageNet mean/std kept so it is fed like "
+              "the ImageNet baseline (harness choice)",
+    )
+
+
+class RandomMethod:
+    """The ``random`` method: ``pretrain`` does nothing, ``load`` builds a seeded untrained encoder."""
+
+    profiles: dict[str, dict[str, Any]] = {
+        "smoke": to_dict(RandomConfig(backbone="resnet18", image_size=32)),
+        "small": to_dict(RandomConfig(backbone="resnet18", image_size=128)),
+        "paper": to_dict(RandomConfig(backbone="resnet50", image_size=224)),
+    }
+
+    def __init__(self) -> None:
+        self.card = card_for(RandomConfig())
+
+    def pretrain(self, request: PretrainRequest) -> Path | None:
+        return None  # nothing to learn: that is the point of the floor
+
+    def load(self, checkpoint: Path | None, config: dict[str, Any]) -> BackboneEncoder:
+        if checkpoint is not None:
+            raise ValueError(f"random: takes no checkpoint (got {checkpoint})")
+        cfg = from_dict(RandomConfig, config, what="random config")
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+            torch.manual_seed(cfg.seed)
+            backbone = build_backbone(cfg.backbone, in_chans=cfg.in_chans, image_size=cfg.image_size)
+        return BackboneEncoder(backbone, card_for(cfg)).eval()
