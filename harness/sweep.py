@@ -1,0 +1,239 @@
+"""Sweeps: methods x tasks x label fractions x seeds, as submitit job arrays.
+
+::
+
+    python -m harness sweep --methods random,moco --tasks mock --profile smoke --executor local
+    python -m harness sweep --methods moco --tasks mimic-cls,chexpert-cls --fractions 0.01,1 \\
+        --seeds 0,1,2 --executor slurm --slurm-config cluster.yaml --array-parallelism 8
+
+Two stages. First one pretraining job per distinct pretraining (method, resolved config,
+the task's training rows: dataset, views, split), as one array; then the evaluations,
+which find their pretraining in the cache. On Slurm the evaluations are submitted at once
+with ``--dependency=afterok:<pretraining job>`` (an array per pretraining); elsewhere they
+start when the pretraining stage has finished. When a pretraining job fails its
+evaluations are cancelled and reported failed with its log; any other failure stops
+nothing else.
+
+Skipping (``--skip-existing``, the default): a run's record path needs the encoder's
+weights hash, known only after loading, so a cell is skipped when the results directory
+already holds a record with the same method, task, task version, fraction, seed, profile,
+data source (synthetic or real), resolved method config and protocol arguments. Not
+detected: different data under the same data root with an unchanged task version; use
+``--no-skip-existing`` (records are keyed by weights, so a rerun writes beside the old one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness import dispatch
+from harness.config import config_hash
+from harness.runner import RunError, RunRequest
+
+STATUSES = ("done", "failed", "skipped")
+
+
+def _list(values: list[str] | None, kind: type, option: str) -> list | None:
+    """``["0.1,1", "0.5"]`` -> ``[0.1, 1.0, 0.5]``: spaces or commas both separate items."""
+    if values is None:
+        return None
+    try:
+        return [kind(x) for v in values for x in str(v).split(",") if x.strip()]
+    except ValueError:
+        raise RunError(f"{option}: expected {kind.__name__} values, got {' '.join(map(str, values))!r}") from None
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``harness sweep`` options; add the executor options with ``dispatch.add_executor_arguments``."""
+    parser.add_argument("--methods", nargs="+", required=True, help="method names (spaces or commas)")
+    parser.add_argument("--tasks", nargs="+", required=True, help="task names (spaces or commas)")
+    parser.add_argument("--fractions", nargs="+", default=None,
+                        help="label fractions, e.g. 0.01 0.1 1 (default: each task's own list)")
+    parser.add_argument("--seeds", nargs="+", default=None, help="e.g. 0 1 2 (default: each task's own list)")
+    parser.add_argument("--profile", choices=("smoke", "small", "paper"), default=None,
+                        help="default: small on synthetic data, paper on real data")
+    parser.add_argument("--skip-existing", action=argparse.BooleanOptionalAction, default=True,
+                        help="skip runs whose record exists (see `harness.sweep` for the criterion)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set",
+                        help="method config override for every run, e.g. --set epochs=5 (repeatable)")
+    parser.add_argument("--data-root", default=None, help="datasets in their original layouts "
+                        "(default: HARNESS_DATA_ROOT, else the embedded synthetic world)")
+    parser.add_argument("--results", default="results", help="results directory")
+    parser.add_argument("--tasks-dir", default=None, help="task YAML directory (default: the built-in tasks/)")
+
+
+@dataclass
+class Cell:
+    """One run of the grid and what became of it."""
+
+    request: RunRequest
+    status: str = "pending"  # pending | done | failed | skipped
+    detail: str = ""  # record path, or the existing record that made it skip
+    log: str = ""
+    error: str = ""
+    group: str = ""  # pretraining group key
+
+
+@dataclass
+class Plan:
+    cells: list[Cell] = field(default_factory=list)
+    groups: dict[str, RunRequest] = field(default_factory=dict)  # pretraining key -> its request
+
+
+def _identity(req: RunRequest, task: Any, profile: str, config: dict[str, Any], data_source: str) -> dict:
+    """What a record must match for its cell to be skipped (see the module docstring)."""
+    return {"method": req.method, "task": task.name, "task_version": task.version, "fraction": req.fraction,
+            "seed": req.seed, "profile": profile, "data_source": data_source,
+            "config_method": config_hash(config), "protocol_args": config_hash(task.args_for(profile))}
+
+
+def _record_identity(rec: dict[str, Any]) -> dict:
+    cfg = rec.get("config") or {}
+    return {"method": rec.get("method"), "task": rec.get("task"), "task_version": rec.get("task_version"),
+            "fraction": rec.get("fraction"), "seed": rec.get("seed"), "profile": rec.get("profile"),
+            "data_source": rec.get("data_source"), "config_method": config_hash(cfg.get("method")),
+            "protocol_args": config_hash(cfg.get("protocol_args"))}
+
+
+def _existing(results_dir: str) -> dict[str, str]:
+    """config_hash(identity) -> a record file, for every readable record under results_dir."""
+    from pathlib import Path
+
+    from harness.results import load_records, record_path
+
+    records, _ = load_records(results_dir)
+    out = {}
+    for rec in records:
+        try:
+            out[config_hash(_record_identity(rec))] = str(record_path(Path(results_dir), rec))
+        except (KeyError, TypeError):
+            continue
+    return out
+
+
+def plan_sweep(args: argparse.Namespace) -> Plan:
+    """Expand the grid; mark skipped and unrunnable cells; group the rest by pretraining."""
+    from harness import runner
+    from harness.data.roots import resolve_data_root
+
+    data_source = resolve_data_root(args.data_root).data_source
+    existing = _existing(args.results) if args.skip_existing else {}
+    plan = Plan()
+    fractions = _list(args.fractions, float, "--fractions")
+    seeds = _list(args.seeds, int, "--seeds")
+    for method_name in _list(args.methods, str, "--methods"):
+        for task_name in _list(args.tasks, str, "--tasks"):
+            base = RunRequest(method=method_name, task=task_name, profile=args.profile, data_root=args.data_root,
+                              results_dir=args.results, overrides=list(args.set or []), progress=False,
+                              tasks_dir=args.tasks_dir)
+            try:  # refusals that need no data: unknown names, bad profile, bad --set
+                task = runner.get_task(task_name, args.tasks_dir)
+                method = runner.load_method(method_name)
+                profile = args.profile or ("small" if data_source == "synthetic" else "paper")
+                config = runner.method_config(method, profile, base.overrides)
+            except (RunError, KeyError, ValueError) as exc:
+                msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+                plan.cells.append(Cell(base, status="failed", error=msg))
+                continue
+            group = config_hash([method_name, config, task.dataset, task.views, dataclasses.asdict(task.split),
+                                 task.eval_dataset is not None, args.data_root])[:16]
+            for fraction in fractions or task.fractions:
+                for seed in seeds or task.seeds:
+                    req = dataclasses.replace(base, fraction=float(fraction), seed=int(seed))
+                    cell = Cell(req, group=group)
+                    found = existing.get(config_hash(_identity(req, task, profile, config, data_source)))
+                    if found:
+                        cell.status, cell.detail = "skipped", found
+                    else:
+                        plan.groups.setdefault(group, req)
+                    plan.cells.append(cell)
+    return plan
+
+
+def _finish(cell: Cell, outcome: dispatch.JobOutcome) -> None:
+    cell.status = outcome.status
+    cell.detail = str(outcome.record_path or "")
+    cell.log = str(outcome.stderr or "")
+    cell.error = outcome.error
+
+
+def _pretraining_failed(cell: Cell, outcome: dispatch.JobOutcome) -> None:
+    cell.status, cell.log = "failed", str(outcome.stderr or "")
+    cell.error = f"its pretraining job {outcome.job_id} failed:\n{outcome.error}"
+
+
+def _run_stages(plan: Plan, args: argparse.Namespace) -> None:
+    """Pretraining array, then evaluations (Slurm: afterok dependencies; else after the stage)."""
+    keys = list(plan.groups)
+    pre_exec = dispatch.make_executor(args)
+    pre_calls = [dispatch.RunJob(plan.groups[k], stage="pretrain") for k in keys]
+    pending = {k: [c for c in plan.cells if c.status == "pending" and c.group == k] for k in keys}
+    if args.executor == "slurm":
+        pre_jobs = dispatch.submit(pre_exec, pre_calls)
+        eval_jobs: dict[str, list] = {}
+        for key, job in zip(keys, pre_jobs, strict=True):
+            ex = dispatch.make_executor(args, tasks_per_node=1, dependency=f"afterok:{job.job_id}")
+            eval_jobs[key] = dispatch.submit(ex, [dispatch.RunJob(c.request) for c in pending[key]])
+        dispatch.wait_for(pre_jobs, desc="pretraining")
+        for key, job in zip(keys, pre_jobs, strict=True):
+            pre = dispatch.outcome_of(job, plan.groups[key], stage="pretrain")
+            if pre.status == "failed":  # afterok never fires: cancel rather than wait forever
+                for cell, ejob in zip(pending[key], eval_jobs.pop(key), strict=True):
+                    ejob.cancel(check=False)
+                    _pretraining_failed(cell, pre)
+        flat = [(c, j) for k, jobs in eval_jobs.items() for c, j in zip(pending[k], jobs, strict=True)]
+        dispatch.wait_for([j for _, j in flat], desc="evaluations")
+        for cell, job in flat:
+            _finish(cell, dispatch.outcome_of(job, cell.request))
+        return
+    pre_jobs = dispatch.run_jobs(pre_exec, pre_calls, args, desc="pretraining")
+    runnable: list[Cell] = []
+    for key, job in zip(keys, pre_jobs, strict=True):
+        pre = dispatch.outcome_of(job, plan.groups[key], stage="pretrain")
+        for cell in pending[key]:
+            if pre.status == "failed":
+                _pretraining_failed(cell, pre)
+            else:
+                runnable.append(cell)
+    eval_exec = dispatch.make_executor(args, tasks_per_node=1)
+    jobs = dispatch.run_jobs(eval_exec, [dispatch.RunJob(c.request) for c in runnable], args, desc="evaluations")
+    for cell, job in zip(runnable, jobs, strict=True):
+        _finish(cell, dispatch.outcome_of(job, cell.request))
+
+
+def summary(cells: list[Cell]) -> str:
+    """A table of every cell, then each failure's log and last error lines."""
+    from tabulate import tabulate
+
+    def grid(c: Cell) -> tuple[str, str]:  # a cell refused before expansion stands for all its runs
+        return (f"{c.request.fraction:g}", str(c.request.seed)) if c.group else ("*", "*")
+
+    rows = [(c.status, c.request.method, c.request.task, *grid(c),
+             c.detail if c.status != "failed" else c.log or "(not submitted)") for c in cells]
+    counts = ", ".join(f"{sum(c.status == s for c in cells)} {s}" for s in STATUSES)
+    out = [tabulate(rows, headers=("status", "method", "task", "fraction", "seed", "record / log")), counts]
+    for c in cells:
+        if c.status == "failed":
+            r = c.request
+            fraction, seed = grid(c)
+            out.append(f"\nFAILED {r.method} x {r.task} f={fraction} s={seed}"
+                       + (f" (log: {c.log})" if c.log else "") + "\n" + "\n".join(
+                           "    " + line for line in c.error.splitlines()))
+    return "\n".join(out)
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """Run the grid; print the summary. Exit code 0 when nothing failed, else 1."""
+    plan = plan_sweep(args)
+    todo = sum(c.status == "pending" for c in plan.cells)
+    print(f"sweep: {len(plan.cells)} runs, {todo} to run in {len(plan.groups)} pretraining group(s), "
+          f"{sum(c.status == 'skipped' for c in plan.cells)} skipped (record exists), executor {args.executor}",
+          file=sys.stderr)
+    if todo:
+        _run_stages(plan, args)
+    print(summary(plan.cells))
+    return 1 if any(c.status == "failed" for c in plan.cells) else 0

@@ -1,0 +1,229 @@
+"""Dispatch: executor options, sbatch lines, the job callable, debug/local parity, requeue + resume."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import submitit
+
+from harness import dispatch
+from harness.runner import RunRequest
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    dispatch.add_executor_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def _mock_ready() -> bool:
+    try:
+        from harness.catalog import METHODS
+        from harness.data import roots  # noqa: F401
+
+        METHODS.get("random")
+        return (Path(__file__).parent.parent / "tasks" / "mock.yaml").exists()
+    except Exception:  # noqa: BLE001 - any missing piece means "not yet"
+        return False
+
+
+needs_mock = pytest.mark.skipif(not _mock_ready(), reason="the mock task / random method / data roots are not "
+                                "importable yet (harness.data.roots, baselines.random_init)")
+
+
+# ------------------------------------------------------------------------------------------ options
+
+
+def test_slurm_options_become_sbatch_lines(tmp_path):
+    config = tmp_path / "cluster.yaml"
+    config.write_text("partition: from-yaml\naccount: lab\nqos: high\ngpus_per_node: 2\nmem_gb: 64\n"
+                      "slurm_extra: {reservation: ml}\n")
+    args = _args("--executor", "slurm", "--slurm-config", str(config), "--partition", "gpu", "--time-min", "90",
+                 "--constraint", "a100", "--cpus-per-task", "8", "--tasks-per-node", "2", "--slurm-extra",
+                 "exclusive=user", "--logs", str(tmp_path / "logs"), "--array-parallelism", "3")
+    executor = dispatch.make_executor(args, dependency="afterok:42_0")
+    text = executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
+    lines = {line for line in text.splitlines() if line.startswith("#SBATCH")}
+    for expected in ("--partition=gpu", "--account=lab", "--qos=high", "--gpus-per-node=2", "--mem=64GB",
+                     "--time=90", "--constraint=a100", "--cpus-per-task=8", "--ntasks-per-node=2",
+                     "--reservation=ml", "--exclusive=user", "--dependency=afterok:42_0", "--nodes=1"):
+        assert f"#SBATCH {expected}" in lines, (expected, sorted(lines))
+    assert any(line.startswith("#SBATCH --signal=USR2@") for line in lines)  # preemption -> checkpoint
+    assert "export PYTHONPATH=" in text  # jobs can unpickle harness.dispatch.RunJob from this checkout
+    assert executor._executor.parameters["array_parallelism"] == 3
+
+
+def test_slurm_config_rejects_unknown_keys_naming_the_file(tmp_path):
+    config = tmp_path / "cluster.yaml"
+    config.write_text("partiton: gpu\n")
+    with pytest.raises(dispatch.DispatchError, match=r"cluster.yaml: unknown key 'partiton'.*'partition'"):
+        dispatch.make_executor(_args("--executor", "slurm", "--slurm-config", str(config)))
+    with pytest.raises(dispatch.DispatchError, match="KEY=VALUE"):
+        dispatch.resolved_options(_args("--slurm-extra", "novalue"))
+
+
+def test_executor_kinds(tmp_path):
+    assert isinstance(dispatch.make_executor(_args("--logs", str(tmp_path))), submitit.DebugExecutor)
+    local = dispatch.make_executor(_args("--executor", "local", "--logs", str(tmp_path)))
+    assert isinstance(local, submitit.LocalExecutor)
+    assert local.parameters["timeout_min"] == dispatch.DEFAULT_TIME_MIN  # not submitit's 2-minute default
+    with pytest.raises(dispatch.DispatchError, match="debug is one process"):
+        dispatch.make_executor(_args("--tasks-per-node", "2"))
+
+
+def test_checkpoint_requeues_the_same_request():
+    req = RunRequest(method="random", task="mock", profile="smoke")
+    job = dispatch.RunJob(req, stage="pretrain")
+    submission = job.checkpoint()
+    assert isinstance(submission, submitit.helpers.DelayedSubmission)
+    assert submission.function is job and submission.args == () and submission.kwargs == {}
+    assert job.requeues == 1 and submission.function.request == req and submission.function.stage == "pretrain"
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+
+@needs_mock
+def test_failed_run_is_reported_and_the_others_complete(tmp_path):
+    good = RunRequest(method="random", task="mock", profile="smoke", results_dir=str(tmp_path / "r"),
+                      progress=False)
+    bad = RunRequest(method="random", task="mock", profile="smoke", results_dir=str(tmp_path / "r"),
+                     overrides=["no_such_key=1"], progress=False)
+    outcomes = dispatch.dispatch_runs([bad, good], _args("--logs", str(tmp_path / "logs")))
+    assert [o.status for o in outcomes] == ["failed", "done"]
+    assert "no_such_key" in outcomes[0].error and outcomes[0].record_path is None
+    assert outcomes[0].stderr.exists() and "no_such_key" in outcomes[0].stderr.read_text()
+    rec = json.loads(outcomes[1].record_path.read_text())
+    assert rec["task"] == "mock" and rec["method"] == "random"
+    assert "FAILED" in dispatch.describe(outcomes) and str(outcomes[1].record_path) in dispatch.describe(outcomes)
+
+
+@needs_mock
+def test_debug_and_local_executors_give_identical_results(tmp_path):
+    runs = {}
+    for executor in ("debug", "local"):
+        req = RunRequest(method="random", task="mock", profile="smoke", seed=1,
+                         results_dir=str(tmp_path / executor), progress=False)
+        [out] = dispatch.dispatch_runs([req], _args("--executor", executor, "--logs", str(tmp_path / "logs")))
+        assert out.status == "done", out.error
+        runs[executor] = json.loads(out.record_path.read_text())
+    debug, local = runs["debug"], runs["local"]
+    for key in ("metrics", "ci", "weights_sha256", "split_sha256", "dataset_fingerprint", "n"):
+        assert debug[key] == local[key], key
+
+
+# ------------------------------------------------------------------------------------------ requeue
+
+
+class _Preempted(RuntimeError):
+    """Stands in for the SIGKILL that follows a preemption."""
+
+
+class TinyResumable:
+    """A test method: a linear encoder pretrained with the shared Trainer (exact resume).
+
+    ``preempt_at`` makes the next pretraining die after that step, as a preempted job does.
+    """
+
+    preempt_at: int | None = None
+    steps_run: list[int] = []  # test instrumentation: which steps the last pretraining ran
+
+    def __init__(self) -> None:
+        from harness.methods import MethodCard, Preprocess
+
+        self.card = MethodCard(name="test-resumable", paper="harness tests", preprocess=Preprocess(16, 1, (0.5,),
+                                                                                                    (0.5,)))
+        self.profiles = {p: {"image_size": 16, "steps": 6, "dim": 4, "seed": 0} for p in ("smoke", "small")}
+
+    def _model(self, config):
+        import torch
+
+        from harness.methods import MethodCard
+
+        card = self.card
+
+        class Encoder(torch.nn.Module):
+            num_features = config["dim"]
+
+            def __init__(self):
+                super().__init__()
+                self.card: MethodCard = card
+                self.proj = torch.nn.Linear(16 * 16, config["dim"])
+
+            def encode_image(self, images):
+                return self.proj(images.flatten(1))
+
+        torch.manual_seed(config["seed"])
+        return Encoder()
+
+    def pretrain(self, request):
+        import torch
+
+        from baselines.common.train import TrainConfig, Trainer
+
+        model = self._model(request.config)
+        images = torch.as_tensor(request.data.images[:], dtype=torch.float32).flatten(1) / 255.0
+        trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                          TrainConfig(steps=request.config["steps"], seed=request.seed, checkpoint_every=1,
+                                      progress=False), request.workdir)
+        preempt_at, TinyResumable.preempt_at = TinyResumable.preempt_at, None
+        TinyResumable.steps_run = []
+
+        def batch_fn(ctx):
+            idx = torch.randint(len(images), (8,), generator=ctx.generator(0))
+            return images[idx]
+
+        def step_fn(model, batch, ctx):
+            if preempt_at is not None and ctx.step == preempt_at:
+                raise _Preempted(f"preempted at step {ctx.step}")
+            TinyResumable.steps_run.append(ctx.step)
+            z = model.proj(batch)
+            return (z - z.mean(0)).pow(2).mean() + (1 - z.std(0)).pow(2).mean()
+
+        return trainer.fit(step_fn, batch_fn)
+
+    def load(self, checkpoint, config):
+        from baselines.common.train import load_weights
+
+        model = self._model(config)
+        if checkpoint is not None:
+            model.load_state_dict(load_weights(checkpoint))
+        return model.eval()
+
+
+@pytest.fixture
+def resumable_method():
+    from harness.catalog import METHODS
+
+    if "test-resumable" not in METHODS:
+        METHODS.add("test-resumable", TinyResumable)
+    return "test-resumable"
+
+
+@needs_mock
+def test_preempted_job_requeues_and_resumes_to_the_same_weights(tmp_path, monkeypatch, resumable_method):
+    def run(cache: str, preempt_at: int | None) -> dict:
+        monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / cache))
+        req = RunRequest(method=resumable_method, task="mock", profile="smoke",
+                         results_dir=str(tmp_path / cache / "results"), progress=False)
+        job = dispatch.RunJob(req)
+        TinyResumable.preempt_at = preempt_at
+        if preempt_at is not None:
+            with pytest.raises(_Preempted):
+                job()
+            ckpt = next((tmp_path / cache / "pretrain" / "test-resumable").glob("*/checkpoint.pt"))
+            assert ckpt.exists()  # what the requeued job resumes from
+            submission = job.checkpoint()  # what submitit does on preemption, then it requeues this
+            outcome = submission.result()
+            assert TinyResumable.steps_run == [3, 4, 5]  # resumed at the preempted step, not from scratch
+        else:
+            outcome = job()
+        return outcome.record
+
+    resumed = run("preempted", preempt_at=3)
+    straight = run("straight", preempt_at=None)
+    assert resumed["weights_sha256"] == straight["weights_sha256"]
+    assert resumed["metrics"] == straight["metrics"]

@@ -1,0 +1,81 @@
+"""Sweeps: grid expansion, a failing cell that stops nothing, skip-existing, the summary."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness import dispatch, sweep
+
+TASKS = Path(__file__).resolve().parent.parent / "tasks"
+
+
+def _mock_ready() -> bool:
+    try:
+        from harness.catalog import METHODS
+        from harness.data import roots  # noqa: F401
+
+        METHODS.get("random")
+        return (TASKS / "mock.yaml").exists()
+    except Exception:  # noqa: BLE001 - any missing piece means "not yet"
+        return False
+
+
+needs_mock = pytest.mark.skipif(not _mock_ready(), reason="the mock task / random method / data roots are not "
+                                "importable yet")
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    sweep.add_sweep_arguments(parser)
+    dispatch.add_executor_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.fixture
+def tasks_dir(tmp_path) -> Path:
+    """The mock task plus ``mock-broken``: it loads, but names a label the mock dataset lacks."""
+    directory = tmp_path / "tasks"
+    directory.mkdir()
+    shutil.copy(TASKS / "mock.yaml", directory / "mock.yaml")
+    text = (TASKS / "mock.yaml").read_text().replace("name: mock", "name: mock-broken")
+    text = text.replace("labels: [Square, Bar]", "labels: [Square, NoSuchLabel]")
+    assert "NoSuchLabel" in text
+    (directory / "mock-broken.yaml").write_text(text)
+    return directory
+
+
+def test_lists_take_spaces_or_commas():
+    args = _args("--methods", "random,moco", "imagenet", "--tasks", "mock", "--fractions", "0.1,1", "--seeds", "0")
+    assert sweep._list(args.methods, str, "--methods") == ["random", "moco", "imagenet"]
+    assert sweep._list(args.fractions, float, "--fractions") == [0.1, 1.0]
+    assert args.skip_existing is True and _args("--methods", "a", "--tasks", "b", "--no-skip-existing").skip_existing \
+        is False
+
+
+@needs_mock
+def test_sweep_reports_the_failing_cell_completes_the_others_then_skips(tmp_path, tasks_dir, capsys):
+    argv = ("--methods", "random", "nonexistent-method", "--tasks", "mock", "mock-broken", "--fractions", "1",
+            "--seeds", "0", "1", "--profile", "smoke", "--tasks-dir", str(tasks_dir),
+            "--results", str(tmp_path / "results"), "--logs", str(tmp_path / "logs"))
+    code = sweep.run_sweep(_args(*argv))
+    out = capsys.readouterr().out
+    assert code == 1
+    plan_rows = [line for line in out.splitlines() if line.startswith(("done", "failed", "skipped"))]
+    assert sum(r.startswith("done") for r in plan_rows) == 2  # random x mock, seeds 0 and 1
+    # random x mock-broken (2 seeds, failed in their jobs) + the unknown method on both tasks (not submitted)
+    assert sum(r.startswith("failed") for r in plan_rows) == 4
+    assert "NoSuchLabel" in out and "unknown method 'nonexistent-method'" in out
+    broken_log = next(line for line in plan_rows if "mock-broken" in line and "random" in line).split()[-1]
+    assert Path(broken_log).exists() and "NoSuchLabel" in Path(broken_log).read_text()
+    records = list((tmp_path / "results").rglob("*.json"))
+    assert len(records) == 2
+
+    # run again: the two finished cells are skipped, nothing is rerun
+    code = sweep.run_sweep(_args(*argv[:2], "--tasks", "mock", *argv[6:]))
+    out = capsys.readouterr().out
+    assert code == 0 and "0 done, 0 failed, 2 skipped" in out
+    assert sorted((tmp_path / "results").rglob("*.json")) == sorted(records)
