@@ -210,7 +210,8 @@ def build_task_data(task: TaskSpec, records: Records, image_size: int, *, eval_r
         task=task, label_names=task.labels, train=parts["train"], val=parts["val"], test=parts["test"],
         data_source=records.data_source, dataset_fingerprint=hashlib.sha256(fp.encode()).hexdigest(),
         split_sha256=_frame_hash(frame, ["dataset", "image_id", "_task_split"]), image_size=image_size,
-        skipped=skipped, images_fingerprint=str(getattr(store, "source_fingerprint", "")), extras=dict((eval_records or records).extras),
+        skipped=skipped, images_fingerprint=str(getattr(store, "source_fingerprint", "")),
+        extras=dict((eval_records or records).extras),
     )
 
 

@@ -120,7 +120,8 @@ def split_cache_key(ctx: Any, split: str) -> dict[str, Any]:
         rows.update("\x1f".join(frame[col].astype(str)).encode())
         rows.update(b"\x1e")
     return {"weights_sha256": ctx.weights_sha256, "dataset_fingerprint": data.dataset_fingerprint,
-            "images_fingerprint": getattr(data, "images_fingerprint", ""), "image_size": data.image_size, "split": split, "rows_sha256": rows.hexdigest(), "n_rows": len(frame)}
+            "images_fingerprint": getattr(data, "images_fingerprint", ""), "image_size": data.image_size,
+            "split": split, "rows_sha256": rows.hexdigest(), "n_rows": len(frame)}
 
 
 def _full_key(cache_key: Mapping[str, Any], preprocess: Preprocess, kind: str, n_rows: int) -> dict[str, Any]:

@@ -221,8 +221,8 @@ def prepare(req: RunRequest) -> Prepared:
     config = method_config(method, profile, req.overrides)
     device = resolve_device(req.device)
     if data_root.data_source == "synthetic":
-        log.warning("data: SYNTHETIC (%s); results are labelled synthetic",
-                    f"embedded synthetic CXR world at {data_root.path}" if data_root.path else "self-contained mock data")
+        where = f"embedded synthetic CXR world at {data_root.path}" if data_root.path else "self-contained mock data"
+        log.warning("data: SYNTHETIC (%s); results are labelled synthetic", where)
 
     t = time.perf_counter()
     records = load_records(task.dataset, data_root)
