@@ -288,9 +288,11 @@ def extract_features(encoder: Any, images: Any, preprocess: Preprocess, *, kind:
     with _locked(root / f"{digest}.lock"):  # concurrent jobs with the same key: the second one loads
         cached = _load_valid(stem, key)
         if cached is not None:
-            return cached
-        return _build_entry(stem, key, encoder, images, preprocess, kind=kind, batch_size=batch_size,
-                            device=device, progress=progress, chunk_rows=chunk_rows)
+            return np.ascontiguousarray(cached)
+        # the same memory layout on a miss as on a hit, so downstream float sums are identical
+        return np.ascontiguousarray(_build_entry(stem, key, encoder, images, preprocess, kind=kind,
+                                                 batch_size=batch_size, device=device, progress=progress,
+                                                 chunk_rows=chunk_rows))
 
 
 @contextlib.contextmanager

@@ -35,8 +35,9 @@ class ResultsError(OSError):
 
 def record_name(rec: dict[str, Any]) -> str:
     frac = f"{rec['fraction']:g}".replace(".", "p")
+    profile = f"__{rec['profile']}" if rec.get("profile") else ""
     return (f"{rec['task']}__v{rec['task_version']}__{rec['method']}__{rec['weights_sha256'][:12]}"
-            f"__f{frac}__s{rec['seed']}")
+            f"{profile}__f{frac}__s{rec['seed']}")
 
 
 def record_path(results_dir: Path, rec: dict[str, Any]) -> Path:

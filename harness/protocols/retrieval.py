@@ -1,0 +1,394 @@
+"""Zero-shot image-text retrieval over the whole test gallery (JoImTeRNet, GLoRIA / BenchX 5x200).
+
+An encoder with the ``image`` and ``text`` capabilities embeds the test images
+and the test reports; nothing is trained. Similarity is the cosine of the
+L2-normalised global image vector and report vector, so ``num_features`` of the
+two towers must agree (a joint space).
+
+Ground truth (``gallery`` arg), defined per study, because a report belongs to a
+study and a study may hold several images:
+
+- **text** of a study = its FINDINGS and IMPRESSION sections joined by a blank
+  line (``text_sections``); a study whose text is empty is skipped (counted in
+  ``details["studies_without_text"]``).
+- ``one-per-study`` (default, JoImTeRNet's 1:1 pairs): one image per study, the
+  first by view (``VIEW_ORDER``: PA, AP, FRONTAL, unknown, then any other view
+  the task allows) and then by ``image_id``. Image ``i`` and text ``i`` are the
+  only match of each other.
+- ``all-images``: every image of a study with text is a query and a gallery
+  item. An image's match is its study's text; a text's matches are ALL its
+  study's images (its rank is that of the best-scored one).
+
+Ranks (1 = best) are pessimistic about ties: an item that scores the same as
+the (best) match is counted ahead of it, so a constant encoder ranks every match
+last instead of first. Recall@K is the fraction of queries with rank <= K; the
+median rank is the median over queries. Metrics: ``i2t_r{K}``, ``t2i_r{K}``,
+``i2t_median_rank``, ``t2i_median_rank`` and ``r_mean`` (the mean of the
+recalls), with patient-level bootstrap CIs of each recall. The similarity matrix is never held whole: query
+blocks are multiplied against the full gallery (``ranks``), so memory stays
+bounded for galleries of any size.
+
+Variants (task ``protocol_args``):
+
+- ``block: 1000``: JoImTeRNet's "R-1k". The pairs are put in a seeded random
+  order and cut into consecutive blocks of ``block`` pairs; each block is its own
+  gallery and the metrics are averaged over blocks. Pairs beyond the last full
+  block are left out (counted in ``details["pairs_outside_blocks"]``); a gallery
+  smaller than one block is one block.
+- ``mode: class-5x200``: GLoRIA / BenchX class retrieval. ``per_class`` (200)
+  studies are drawn (seeded, without replacement) for each of ``classes`` (the
+  5 CheXpert competition labels) among the studies whose targets (after the
+  task's label policy) are positive for exactly that one class; a retrieved item
+  is a hit when it has the query's class (a query's own report is in the gallery,
+  as in GLoRIA). Metrics: ``i2t_hit{K}`` / ``t2i_hit{K}`` (at least one hit in the
+  top K) and ``i2t_prec{K}`` / ``t2i_prec{K}`` (the fraction of hits in the top K).
+
+Example task file fragment::
+
+    protocol: retrieval
+    requires: [image, text]
+    protocol_args: {block: 1000}      # or {mode: class-5x200, per_class: 200}
+
+Predictions: the L2-normalised image and text embeddings of the gallery (arrays
+only, never text).
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from harness import metrics
+from harness.data.schema import CHEXPERT_5
+from harness.features import assert_unchanged, extract_features, split_cache_key
+from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
+
+# The representative image of a study: PA, then AP, then a frontal of unknown projection (OpenI with
+# indiana_projections.csv says FRONTAL), then an unknown view (""), then anything else (laterals).
+VIEW_ORDER = ("PA", "AP", "FRONTAL", "")
+DEFAULTS: dict[str, Any] = {
+    "mode": "pairs",  # pairs | class-5x200
+    "gallery": "one-per-study",  # one-per-study | all-images (pairs mode without block only)
+    "ks": [1, 5, 10],
+    "block": None,  # int: JoImTeRNet R-1k blocks
+    "text_sections": ["findings", "impression"],
+    "classes": list(CHEXPERT_5),  # class-5x200
+    "per_class": 200,  # class-5x200
+    "pool_splits": ["test"],  # class-5x200: splits the studies are drawn from
+    "batch_size": 64,
+    "n_bootstrap": 1000,
+}
+
+
+@dataclass
+class Gallery:
+    """The chosen images and one text per study; ``image_study[i]`` indexes ``texts``."""
+
+    image_study: np.ndarray  # (N_img,) int: the text index of each image's study
+    texts: list[str]  # one per study
+    split_rows: np.ndarray  # (N_img,) rows of the source split (its images, targets)
+    split_names: np.ndarray  # (N_img,) the split each image comes from
+    image_patient: np.ndarray  # (N_img,) str, for patient-level bootstrap CIs
+    text_patient: np.ndarray  # (N_text,) str
+
+    def take(self, images: np.ndarray) -> Gallery:
+        """The 1:1 sub-gallery of the given image indices (one-per-study galleries only)."""
+        return Gallery(image_study=np.arange(len(images)), texts=[self.texts[self.image_study[i]] for i in images],
+                       split_rows=self.split_rows[images], split_names=self.split_names[images],
+                       image_patient=self.image_patient[images],
+                       text_patient=self.text_patient[self.image_study[images]])
+
+
+def report_text(frame: pd.DataFrame, sections: list[str]) -> pd.Series:
+    """Per row: the sections joined by a blank line, empty ones left out, whitespace stripped."""
+    missing = [c for c in sections if c not in frame.columns]
+    if missing:
+        raise ProtocolError(f"retrieval: text_sections {missing} are not record columns")
+    parts = [frame[c].fillna("").astype(str).str.strip() for c in sections]
+    return pd.Series(["\n\n".join(p for p in row if p) for row in zip(*parts, strict=True)], index=frame.index,
+                     dtype=object)
+
+
+def build_gallery(frame: pd.DataFrame, split: str, sections: list[str], gallery: str
+                  ) -> tuple[Gallery, dict[str, int]]:
+    """Apply the ground-truth relation of the module docstring to one split's rows.
+
+    Returns the gallery and counts of what was left out (studies without text).
+    """
+    if gallery not in ("one-per-study", "all-images"):
+        raise ProtocolError(f"retrieval: gallery {gallery!r} is not 'one-per-study' or 'all-images'")
+    text = report_text(frame, sections)
+    has_text = (text != "").to_numpy()
+    view_rank = frame["view"].map({v: i for i, v in enumerate(VIEW_ORDER)}).fillna(len(VIEW_ORDER))
+    order = pd.DataFrame({"row": np.arange(len(frame)), "study": frame["study_id"].astype(str).to_numpy(),
+                          "view_rank": view_rank.to_numpy(), "image_id": frame["image_id"].astype(str).to_numpy()})
+    order = order[has_text].sort_values(["study", "view_rank", "image_id"], kind="stable")
+    first = order.drop_duplicates("study", keep="first")  # the study's representative row (and its text)
+    if gallery == "one-per-study":
+        order = first
+    study_index = {s: i for i, s in enumerate(first["study"])}
+    rows = order["row"].to_numpy()
+    patients = frame["patient_id"].astype(str).to_numpy()
+    counts = {"studies_without_text": int(frame.loc[~has_text, "study_id"].nunique()),
+              "images_left_out": int(len(frame) - len(rows))}
+    return Gallery(image_study=order["study"].map(study_index).to_numpy(dtype=np.int64),
+                   texts=[text.iloc[r] for r in first["row"]], split_rows=rows,
+                   split_names=np.array([split] * len(rows), dtype=object), image_patient=patients[rows],
+                   text_patient=patients[first["row"].to_numpy()]), counts
+
+
+# --------------------------------------------------------------------------- ranks
+
+
+def ranks(queries: torch.Tensor, gallery: torch.Tensor, relevant_of_query: torch.Tensor,
+          gallery_group: torch.Tensor, max_entries: int = 2**24) -> np.ndarray:
+    """Rank (1 = best, ties pessimistic) of each query's best-scored relevant gallery item.
+
+    Gallery item ``g`` is relevant to query ``q`` iff ``gallery_group[g] == relevant_of_query[q]``.
+    Query blocks of at most ``max_entries`` similarity entries (64 MiB in float32) keep memory bounded.
+
+    Args:
+        queries: ``(Q, D)`` L2-normalised.
+        gallery: ``(G, D)`` L2-normalised.
+        relevant_of_query: ``(Q,)`` group id each query looks for.
+        gallery_group: ``(G,)`` group id of each gallery item.
+    """
+    block = max(1, max_entries // max(1, gallery.shape[0]))
+    out = []
+    for start in range(0, queries.shape[0], block):
+        q = queries[start:start + block]
+        scores = q @ gallery.T  # (b, G)
+        relevant = gallery_group[None, :] == relevant_of_query[start:start + block, None]  # (b, G)
+        if not bool(relevant.any(dim=1).all()):
+            raise ProtocolError("retrieval: a query has no relevant gallery item")
+        best = scores.masked_fill(~relevant, float("-inf")).max(dim=1).values  # (b,)
+        ahead = ((scores >= best[:, None]) & ~relevant).sum(dim=1)  # (b,) ties count against the query
+        out.append((ahead + 1).cpu())
+    return torch.cat(out).numpy().astype(np.int64) if out else np.zeros(0, np.int64)
+
+
+def pair_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, image_study: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(image->text ranks over images, text->image ranks over texts) for one gallery."""
+    study = torch.as_tensor(np.array(image_study, dtype=np.int64), device=image_emb.device)
+    text_ids = torch.arange(text_emb.shape[0], device=text_emb.device)
+    i2t = ranks(image_emb, text_emb, study, text_ids)
+    t2i = ranks(text_emb, image_emb, text_ids, study)
+    return i2t, t2i
+
+
+def recall_metrics(i2t: np.ndarray, t2i: np.ndarray, ks: list[int]) -> dict[str, float]:
+    """Recall@K per direction, median ranks, and ``r_mean`` (the mean of all the recalls)."""
+    out: dict[str, float] = {}
+    for name, ranks in (("i2t", i2t), ("t2i", t2i)):
+        for k in ks:
+            out[f"{name}_r{k}"] = metrics.recall_at_k(ranks, k)
+        out[f"{name}_median_rank"] = metrics.median_rank(ranks)
+    out["r_mean"] = float(np.mean([out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in ks]))
+    return out
+
+
+def block_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, block: int, ks: list[int], seed: int
+                  ) -> tuple[dict[str, float], dict[str, Any]]:
+    """JoImTeRNet R-1k: metrics averaged over seeded blocks of ``block`` 1:1 pairs."""
+    n = image_emb.shape[0]
+    if block < 1:
+        raise ProtocolError(f"retrieval: block must be >= 1, got {block}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_blocks = max(1, n // block)
+    per_block = []
+    for b in range(n_blocks):
+        idx = torch.as_tensor(order[b * block:(b + 1) * block] if n >= block else order)
+        i2t, t2i = pair_ranks(image_emb[idx], text_emb[idx], np.arange(len(idx)))
+        per_block.append(recall_metrics(i2t, t2i, ks))
+    averaged = {k: float(np.mean([m[k] for m in per_block])) for k in per_block[0]}
+    used = n_blocks * block if n >= block else n
+    return averaged, {"blocks": n_blocks, "block_size": min(block, n), "pairs_outside_blocks": n - used}
+
+
+# --------------------------------------------------------------------------- class-5x200
+
+
+def sample_5x200(targets: np.ndarray, per_class: int, seed: int, class_names: list[str]) -> tuple[np.ndarray,
+                                                                                                   np.ndarray]:
+    """Rows and class ids: ``per_class`` rows per class whose only positive is that class.
+
+    ``targets`` is ``(N, C)`` over exactly ``class_names`` (NaN counts as not positive).
+    Sampling is without replacement, from the candidates in row order, with
+    ``numpy.random.default_rng(seed)``; too few candidates is an error naming the class.
+    """
+    positive = targets == 1.0
+    single = positive.sum(axis=1) == 1
+    rng = np.random.default_rng(seed)
+    rows, classes = [], []
+    for c, name in enumerate(class_names):
+        candidates = np.flatnonzero(single & positive[:, c])
+        if len(candidates) < per_class:
+            raise ProtocolError(f"retrieval class-5x200: class {name!r} has {len(candidates)} studies with it as "
+                                f"the only positive, fewer than per_class={per_class}")
+        rows.append(np.sort(rng.choice(candidates, size=per_class, replace=False)))
+        classes.append(np.full(per_class, c))
+    return np.concatenate(rows), np.concatenate(classes)
+
+
+def class_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, classes: np.ndarray, ks: list[int]
+                  ) -> dict[str, float]:
+    """Hit@K and Precision@K in both directions; a retrieved item is a hit if it shares the class."""
+    scores = (image_emb @ text_emb.T).cpu().numpy()  # (N, N): a few thousand items at most, so whole
+    same_class = classes[:, None] == classes[None, :]  # (N, N) symmetric relevance
+    out: dict[str, float] = {}
+    for name, sim in (("i2t", scores), ("t2i", scores.T)):
+        hits = metrics.relevance_in_rank_order(sim, same_class)  # (N, N) bool in retrieved order
+        for k in ks:
+            out[f"{name}_hit{k}"] = metrics.hit_at_k(hits, k)
+            out[f"{name}_prec{k}"] = metrics.precision_at_k(hits, k)
+    return out
+
+
+# --------------------------------------------------------------------------- run
+
+
+def encode_texts(encoder: Any, texts: list[str], *, device: str, batch_size: int = 64) -> torch.Tensor:
+    """``(N, Dt)`` float32 CPU text features, in batches, encoder in eval mode, no gradients.
+
+    bf16 autocast only on CUDA. Shared with the localization protocol (phrase embeddings).
+    """
+    if not texts:
+        raise ProtocolError("no texts to encode")
+    was_training = getattr(encoder, "training", False)
+    if callable(getattr(encoder, "eval", None)):
+        encoder.eval()
+    cuda = torch.device(device).type == "cuda"
+    parts = []
+    try:
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext():
+            for start in range(0, len(texts), batch_size):
+                batch = texts[start:start + batch_size]
+                out = encoder.encode_text(batch)
+                if out.ndim != 2 or out.shape[0] != len(batch):
+                    raise ProtocolError(f"encode_text returned shape {tuple(out.shape)} for {len(batch)} texts")
+                parts.append(out.float().cpu())
+    finally:
+        if was_training:
+            encoder.train(True)
+    return torch.cat(parts)
+
+
+def _embed(ctx: EvalContext, gallery: Gallery, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised ``(N_img, D)`` image and ``(N_text, D)`` text embeddings (float32, CPU).
+
+    Image features come from the feature cache of each whole split, then the gallery rows are taken.
+    """
+    image = torch.zeros(len(gallery.split_rows), 0)
+    for split in dict.fromkeys(gallery.split_names.tolist()):
+        feats = extract_features(ctx.encoder, ctx.data.split(split).images, ctx.preprocess, kind="global",
+                                 batch_size=batch_size, device=ctx.device, progress=ctx.progress,
+                                 cache_key=split_cache_key(ctx, split))
+        here = gallery.split_names == split
+        if image.shape[1] == 0:
+            image = torch.zeros(len(gallery.split_rows), feats.shape[1])
+        image[torch.as_tensor(here)] = torch.from_numpy(feats[gallery.split_rows[here]])
+    text = encode_texts(ctx.encoder, gallery.texts, device=ctx.device, batch_size=batch_size)
+    if image.shape[1] != text.shape[1]:
+        raise ProtocolError(f"retrieval: image features ({image.shape[1]}) and text features ({text.shape[1]}) "
+                            "are not in one space; retrieval needs a joint image-text encoder")
+    return F.normalize(image, dim=1), F.normalize(text, dim=1)
+
+
+def _pool_gallery(ctx: EvalContext, args: dict[str, Any]) -> tuple[Gallery, np.ndarray, dict[str, int]]:
+    """The class-5x200 sample: a one-per-study gallery over ``pool_splits``, and each item's class."""
+    missing = [c for c in args["classes"] if c not in ctx.data.label_names]
+    if missing:
+        raise ProtocolError(f"retrieval class-5x200: the task's labels lack {missing}")
+    cols = [ctx.data.label_names.index(c) for c in args["classes"]]
+    galleries, targets, counts = [], [], {}
+    for split in args["pool_splits"]:
+        part = ctx.data.split(split)
+        g, c = build_gallery(part.frame, split, args["text_sections"], "one-per-study")
+        galleries.append(g)
+        targets.append(part.targets[g.split_rows][:, cols])
+        counts.update({f"{split}_{k}": v for k, v in c.items()})
+    pooled = Gallery(image_study=np.arange(sum(len(g.texts) for g in galleries)),
+                     texts=[t for g in galleries for t in g.texts],
+                     **{f: np.concatenate([getattr(g, f) for g in galleries])
+                        for f in ("split_rows", "split_names", "image_patient", "text_patient")})
+    rows, classes = sample_5x200(np.concatenate(targets), int(args["per_class"]), ctx.seed, list(args["classes"]))
+    return pooled.take(rows), classes, counts
+
+
+def _args(ctx: EvalContext) -> dict[str, Any]:
+    unknown = sorted(set(ctx.args) - set(DEFAULTS))
+    if unknown:
+        raise ProtocolError(f"retrieval: unknown protocol arg(s) {unknown}; known: {sorted(DEFAULTS)}")
+    args = {**DEFAULTS, **ctx.args}
+    if ctx.fraction != 1:
+        raise ProtocolError(f"retrieval is zero-shot (nothing is trained): fraction {ctx.fraction} has no meaning")
+    if args["mode"] not in ("pairs", "class-5x200"):
+        raise ProtocolError(f"retrieval: mode {args['mode']!r} is not 'pairs' or 'class-5x200'")
+    bad = [s for s in args["pool_splits"] if s not in ("train", "val", "test")]
+    if bad or not args["pool_splits"]:
+        raise ProtocolError(f"retrieval: pool_splits {list(args['pool_splits'])} must name train / val / test")
+    if args["block"] is not None and (args["mode"] != "pairs" or args["gallery"] != "one-per-study"):
+        raise ProtocolError("retrieval: block needs mode: pairs and gallery: one-per-study (1:1 pairs)")
+    ks = [int(k) for k in args["ks"]]
+    if args["mode"] == "pairs":
+        known = {f"{d}_{m}" for d in ("i2t", "t2i") for m in (*(f"r{k}" for k in ks), "median_rank")} | {"r_mean"}
+    else:
+        known = {f"{d}_{m}{k}" for d in ("i2t", "t2i") for m in ("hit", "prec") for k in ks}
+    unknown_metrics = [m for m in ctx.task.metrics if m not in known]
+    if unknown_metrics:
+        raise ProtocolError(f"retrieval: cannot compute metric(s) {unknown_metrics}; this mode gives {sorted(known)}")
+    return args
+
+
+def run(ctx: EvalContext) -> ProtocolResult:
+    """Embed the test gallery and score retrieval in both directions (see the module docstring)."""
+    args = _args(ctx)
+    ks = [int(k) for k in args["ks"]]
+    details: dict[str, Any] = {"mode": args["mode"], "similarity": "cosine", "ties": "pessimistic",
+                               "text_sections": list(args["text_sections"])}
+    ci: dict[str, tuple[float, float]] = {}
+    if args["mode"] == "class-5x200":
+        gallery, classes, counts = _pool_gallery(ctx, args)
+        image, text = _embed(ctx, gallery, args["batch_size"])
+        result = class_metrics(image, text, classes, ks)
+        details.update(counts, n_items=len(classes), classes=list(args["classes"]), per_class=args["per_class"],
+                       pool_splits=list(args["pool_splits"]))
+        extra = {"classes": classes}
+    else:
+        gallery, counts = build_gallery(ctx.data.test.frame, "test", args["text_sections"], args["gallery"])
+        if not gallery.texts:
+            raise ProtocolError("retrieval: no test study has report text")
+        image, text = _embed(ctx, gallery, args["batch_size"])
+        details.update(counts, gallery=args["gallery"], n_images=int(image.shape[0]), n_texts=int(text.shape[0]))
+        if args["block"] is not None:
+            result, block_info = block_metrics(image, text, int(args["block"]), ks, ctx.seed)
+            details.update(block_info)
+        else:
+            i2t, t2i = pair_ranks(image, text, gallery.image_study)
+            result = recall_metrics(i2t, t2i, ks)
+            ci = _recall_cis(i2t, t2i, (gallery.image_patient, gallery.text_patient), ks,
+                             int(args["n_bootstrap"]), ctx.seed)
+        extra = {"image_to_text_index": gallery.image_study}
+    assert_unchanged(ctx.encoder, ctx.weights_sha256)  # zero-shot: nothing may have touched the weights
+    predictions = {"image_embeddings": image.numpy(), "text_embeddings": text.numpy(), **extra}
+    return ProtocolResult(metrics=result, ci=ci, details=details, predictions=predictions)
+
+
+def _recall_cis(i2t: np.ndarray, t2i: np.ndarray, groups: tuple[np.ndarray, np.ndarray], ks: list[int],
+                n_bootstrap: int, seed: int) -> dict[str, tuple[float, float]]:
+    """95 % bootstrap CIs of each Recall@K, resampling the queries' patients."""
+    out = {}
+    for (name, ranks), patients in zip((("i2t", i2t), ("t2i", t2i)), groups, strict=True):
+        for k in ks:
+            ci = metrics.bootstrap_ci(functools.partial(metrics.recall_at_k, k=k), ranks, groups=patients,
+                                      n=n_bootstrap, seed=seed)
+            out[f"{name}_r{k}"] = (ci.lo, ci.hi)
+    return out
