@@ -20,6 +20,11 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if not sep or not key:
             raise ValueError(f"--set expects key=value, got {item!r}")
         value = yaml.safe_load(raw) if raw else ""
+        if isinstance(value, str):  # YAML 1.1 reads 3e-5 as a string; a number is what anyone means
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         node = out
         *parents, leaf = key.split(".")
         for p in parents:

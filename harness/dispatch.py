@@ -67,8 +67,9 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--executor", choices=EXECUTORS, default="debug",
                    help="debug: in this process (tests, debugging); local: subprocesses on this machine; "
                         "slurm: sbatch jobs / job arrays")
-    g.add_argument("--logs", default="logs", metavar="DIR",
-                   help="submitit folder: one sub-folder per job with its stdout/stderr and pickles")
+    g.add_argument("--logs", default=None, metavar="DIR",
+                   help="submitit folder: one sub-folder per job with its stdout/stderr and pickles "
+                        "(default: <results>/logs)")
     g.add_argument("--array-parallelism", type=int, default=None, metavar="N",
                    help="at most N jobs at once (Slurm: the array's %%N; local: N subprocesses, default 1 "
                         "since each trains with every core)")
@@ -155,7 +156,8 @@ def make_executor(args: argparse.Namespace, *, tasks_per_node: int | None = None
         dependency: a Slurm dependency such as ``afterok:123_0`` (ignored by other executors).
     """
     opts = resolved_options(args)
-    folder = Path(args.logs) / "%j"
+    logs = args.logs or Path(getattr(args, "results", None) or "results") / "logs"
+    folder = Path(logs) / "%j"
     ntasks = tasks_per_node or opts.get("tasks_per_node") or 1
     if args.executor == "debug":
         if ntasks > 1:
