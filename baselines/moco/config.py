@@ -55,8 +55,13 @@ class MoCoConfig:
 PROFILES = {
     "smoke": to_dict(MoCoConfig(backbone="resnet18", image_size=32, init="random", K=64, batch_size=8, steps=4,
                                 checkpoint_every=2, log_every=1, lr=1e-3)),
-    "small": to_dict(MoCoConfig(backbone="efficientnet_lite0", image_size=96, init="imagenet", K=4096,
-                                batch_size=32, steps=100, checkpoint_every=25)),
+    # small: chosen on VALIDATION AUROC (mimic-cls and nih14-cls, 10 %, 3 seeds) among four variants
+    # (paper augmentations with K<=N, m 0.999 or 0.99, K 128): the synthetic patients differ less than
+    # two paper-strength views of one image, so instance discrimination stayed at chance until the
+    # views were made weaker (crop area >= 0.85, 3 degrees, no flip) and the momentum faster (0.99).
+    "small": to_dict(MoCoConfig(backbone="efficientnet_lite0", image_size=96, init="imagenet", K=4096, m=0.99,
+                                batch_size=32, steps=200, checkpoint_every=50, scale=(0.85, 1.0), rotation=3.0,
+                                hflip=False, brightness=0.05, contrast=0.05)),
     "paper": to_dict(MoCoConfig(backbone="resnet50", image_size=224, init="imagenet", K=24576, batch_size=16,
                                 epochs=20.0, checkpoint_every=1000, log_every=50)),
 }
