@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.data.schema import DataError, Records
+
 
 @dataclass
 class CheckReport:
@@ -45,6 +47,22 @@ class CheckReport:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def from_load(cls, dataset: str, root: Path, present: bool, loaded: Records | DataError | None,
+                  extra_notes: tuple[str, ...] = ()) -> CheckReport:
+        """A report from one load attempt: counts of the records, or the error as the problem."""
+        rep = cls(dataset, root, present)
+        if isinstance(loaded, DataError):
+            rep.problems.append(str(loaded))
+        elif isinstance(loaded, Records):
+            frame = loaded.frame
+            rep.splits = {k: int(v) for k, v in frame["split"].value_counts().sort_index().items()}
+            rep.views = {k: int(v) for k, v in frame["view"].value_counts().sort_index().items()}
+            rep.labels = {n: int((frame[n] == 1.0).sum()) for n in loaded.label_names}
+            rep.skipped, rep.problems = dict(loaded.skipped), list(loaded.problems)
+            rep.notes = [*(str(n) for n in loaded.extras.get("notes", [])), *extra_notes]
+        return rep
 
     @property
     def ok(self) -> bool:

@@ -259,21 +259,8 @@ def load(root: Path, *, data_source: DataSource = "real", check_files: bool = Tr
     return records
 
 
-def _report(name: str, root: Path, present: bool,
-            records_or_error: Records | DataError | None) -> CheckReport:
-    """A CheckReport from a load attempt: counts of the records, or the error as the problem."""
-    rep = CheckReport(name, root, present)
-    if isinstance(records_or_error, DataError):
-        rep.problems.append(str(records_or_error))
-    elif isinstance(records_or_error, Records):
-        frame = records_or_error.frame
-        rep.splits = {k: int(v) for k, v in frame["split"].value_counts().sort_index().items()}
-        rep.views = {k: int(v) for k, v in frame["view"].value_counts().sort_index().items()}
-        rep.labels = {n: int((frame[n] == 1.0).sum()) for n in records_or_error.label_names}
-        rep.skipped = dict(records_or_error.skipped)
-        rep.problems = list(records_or_error.problems)
-        rep.notes = [str(n) for n in records_or_error.extras.get("notes", [])]
-    return rep
+def _report(name: str, root: Path, present: bool, records_or_error: Records | DataError | None) -> CheckReport:
+    return CheckReport.from_load(name, root, present, records_or_error)
 
 
 def check(root: Path) -> CheckReport:

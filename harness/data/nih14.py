@@ -304,19 +304,9 @@ def load(root: Path, *, data_source: DataSource = "real", check_files: bool = Tr
 
 
 def _report(root: Path, present: bool, loaded: Records | DataError | None) -> CheckReport:
-    """A CheckReport from a load attempt: counts of the records, or the error as the problem."""
-    rep = CheckReport(NAME, root, present)
-    if isinstance(loaded, DataError):
-        rep.problems.append(str(loaded))
-    elif isinstance(loaded, Records):
-        frame = loaded.frame
-        rep.splits = {k: int(v) for k, v in frame["split"].value_counts().sort_index().items()}
-        rep.views = {k: int(v) for k, v in frame["view"].value_counts().sort_index().items()}
-        rep.labels = {n: int((frame[n] == 1.0).sum()) for n in loaded.label_names}
-        rep.skipped, rep.problems = dict(loaded.skipped), list(loaded.problems)
-        rep.notes = [*loaded.extras["notes"], f"label file {loaded.extras['label_file']}",
-                     f"{len(loaded.extras['boxes'])} bounding boxes"]
-    return rep
+    notes = ((f"label file {loaded.extras['label_file']}", f"{len(loaded.extras['boxes'])} bounding boxes")
+             if isinstance(loaded, Records) else ())
+    return CheckReport.from_load(NAME, root, present, loaded, notes)
 
 
 def check(root: Path) -> CheckReport:
