@@ -109,7 +109,7 @@ def test_pretrain_smoke_then_load_the_query_encoder(tmp_path):
     request = PretrainRequest(data=data, config=config, workdir=tmp_path, seed=0, device="cpu", progress=False)
     final = method.pretrain(request)
     ckpt = load_checkpoint(final)
-    assert ckpt["step"] == config["steps"] and ckpt["meta"]["queue_size_used"] == 8  # K 64 capped at 20 // 4 images, at least one batch
+    assert ckpt["step"] == config["steps"] and ckpt["meta"]["queue_size_used"] == 8  # K 64 capped at 20 // 4, one batch
     assert ckpt["meta"]["data"]["fingerprint"] == data.fingerprint and ckpt["meta"]["card"]["name"] == "moco"
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, config["steps"] + 1)) and all("top1" in r for r in log)
