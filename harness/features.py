@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -48,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.locking import file_lock
 from harness.methods import Preprocess
 from harness.preprocess import to_model_input
 
@@ -285,7 +285,7 @@ def extract_features(encoder: Any, images: Any, preprocess: Preprocess, *, kind:
     root = Path(cache_root) if cache_root is not None else default_cache_root()
     root.mkdir(parents=True, exist_ok=True)
     stem = root / digest
-    with _locked(root / f"{digest}.lock"):  # concurrent jobs with the same key: the second one loads
+    with file_lock(root / f"{digest}.lock"):  # concurrent jobs with the same key: the second one loads
         cached = _load_valid(stem, key)
         if cached is not None:
             return np.ascontiguousarray(cached)
@@ -293,16 +293,6 @@ def extract_features(encoder: Any, images: Any, preprocess: Preprocess, *, kind:
         return np.ascontiguousarray(_build_entry(stem, key, encoder, images, preprocess, kind=kind,
                                                  batch_size=batch_size, device=device, progress=progress,
                                                  chunk_rows=chunk_rows))
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _build_entry(stem: Path, key: dict[str, Any], encoder: Any, images: Any, preprocess: Preprocess, *,

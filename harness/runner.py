@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ import harness
 from harness import results
 from harness.catalog import DATASETS, METHODS, PROTOCOLS
 from harness.config import PROFILES, config_hash, merge, parse_overrides
+from harness.locking import file_lock
 from harness.methods import PretrainRequest, capabilities, missing_capabilities
 from harness.tasks import TASKS_DIR, TaskSpec, load_task
 
@@ -119,17 +119,6 @@ def load_records(dataset: str, data_root: Any) -> Any:
     return adapter.load(data_root.path, data_source=data_root.data_source)
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _process_group() -> tuple[int, int]:
     """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
     import torch.distributed as dist
@@ -160,7 +149,7 @@ def pretrained_checkpoint(method: Any, config: dict[str, Any], train: Any, devic
     # Under torch.distributed (several tasks of one job) only rank 0 takes the lock and reads
     # done.json, and tells the others: a lock per rank would deadlock two ranks against each other.
     rank, world_size = _process_group()
-    with _file_lock(workdir / ".lock") if rank == 0 else contextlib.nullcontext():
+    with file_lock(workdir / ".lock") if rank == 0 else contextlib.nullcontext():
         info = json.loads(done.read_text()) if rank == 0 and done.exists() else None
         if world_size > 1:
             info = _from_rank0(info)

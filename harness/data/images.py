@@ -53,7 +53,6 @@ the full-resolution CheXpert/MIMIC files several times cheaper to cache.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -61,7 +60,6 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +67,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from harness.data.schema import DataError
+from harness.locking import file_lock
 
 FORMAT_VERSION = 1
 CHECKPOINT_EVERY = 256  # images between header checkpoints of a build (resume granularity)
@@ -248,16 +247,6 @@ def _write_header(header_path: Path, header: dict) -> None:
     os.replace(tmp, header_path)
 
 
-@contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
 # --------------------------------------------------------------------------- build
 
 
@@ -335,7 +324,7 @@ def image_store(paths: Sequence[str | Path], size: int, *, cache_root: Path | No
     key = f"{fp[:32]}-s{size}"
     pixels_path, header_path = root / f"{key}.u8", root / f"{key}.json"
     expected = _expected_header(n, size, fp)
-    with _locked(root / f"{key}.lock"):
+    with file_lock(root / f"{key}.lock"):
         header, why = _read_valid_header(header_path, pixels_path, expected)
         if header is None:
             if why:

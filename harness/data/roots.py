@@ -24,17 +24,16 @@ i.e. the MIMIC-CXR-JPG tree (``sources["mimic-cxr"]`` stays the reports folder).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.data.schema import DataError, DataSource
+from harness.locking import file_lock
 
 SOURCES = ("mimic-cxr-jpg", "mimic-cxr", "mimiciv", "chexpert", "nih14", "openi")
 ENV_DATA_ROOT = "HARNESS_DATA_ROOT"
@@ -163,37 +162,6 @@ def synthetic_cache_dir(seed: int, scale: float, environ: Mapping[str, str] | No
     return cache / "synth" / f"v{GENERATOR_VERSION}-s{seed}-x{scale:g}{tag}"
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path, timeout_s: float = 3600.0) -> Iterator[None]:
-    """An exclusive lock between processes (flock; O_EXCL lock file where fcntl is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        fcntl = None
-    if fcntl is not None:
-        with path.open("a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-        return
-    deadline = time.monotonic() + timeout_s  # pragma: no cover
-    while True:  # pragma: no cover
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"lock {path} held for over {timeout_s} s; remove it if stale") from None
-            time.sleep(0.5)
-    try:  # pragma: no cover
-        yield
-    finally:  # pragma: no cover
-        os.close(fd)
-        path.unlink(missing_ok=True)
-
-
 def default_synthetic_root(*, seed: int = 0, scale: float | None = None, progress: bool = True,
                            environ: Mapping[str, str] | None = None) -> Path:
     """The cached synthetic world for (generator version, seed, scale), generated once."""
@@ -206,7 +174,7 @@ def default_synthetic_root(*, seed: int = 0, scale: float | None = None, progres
     if (final / MARKER).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(final.parent / f".{final.name}.lock"):
+    with file_lock(final.parent / f".{final.name}.lock"):
         if (final / MARKER).is_file():  # another process wrote it while we waited
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
