@@ -112,6 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("dataset")
     pc.add_argument("--root", default=None, help="data root (default: HARNESS_DATA_ROOT or the synthetic world)")
 
+    p = _sub(sub, "regress", "compare result records with published numbers; exit 1 when one falls outside", """
+        python -m harness regress --against published
+        python -m harness regress --results results --against my_reference.yaml --data-source synthetic
+    """)
+    p.add_argument("--results", default="results")
+    p.add_argument("--against", default="published", help="'published' (leaderboards/published.yaml) or a YAML file")
+    p.add_argument("--data-source", choices=("real", "synthetic"), default="real",
+                   help="which records to compare (published figures are real-data figures)")
+    p.add_argument("--out", default=None, help="also write the table as markdown here")
+
     _maybe(lambda: _add_sweep(sub))
     return parser
 
@@ -240,15 +250,24 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+def cmd_regress(args: argparse.Namespace) -> int:
+    from harness.regress import run_regress
+
+    code, text = run_regress(args.results, args.against, args.out, args.data_source)
+    print(text)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
     from harness.data.schema import DataError
     from harness.registry import UnknownNameError
+    from harness.regress import RegressError
     from harness.tasks import TaskSpecError
 
-    expected: tuple[type[BaseException], ...] = (UnknownNameError, TaskSpecError, DataError, OSError)
+    expected: tuple[type[BaseException], ...] = (UnknownNameError, TaskSpecError, DataError, OSError, RegressError)
     from harness.runner import RunError
 
     expected += (RunError,)
@@ -259,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError:  # pragma: no cover - dispatch lands separately
         pass
     handlers = {"run": cmd_run, "ls": cmd_ls, "validate": cmd_validate, "leaderboard": cmd_leaderboard,
-                "data": cmd_data}
+                "data": cmd_data, "regress": cmd_regress}
     if args.command == "sweep":
         from harness import sweep
 
