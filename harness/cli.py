@@ -112,6 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("dataset")
     pc.add_argument("--root", default=None, help="data root (default: HARNESS_DATA_ROOT or the synthetic world)")
 
+    p = _sub(sub, "submit", "score your own encoder on every task it is capable of, like the baselines", """
+        python -m harness submit examples.my_encoder:build --name my-enc --tasks mock --profile smoke
+        python -m harness submit --arch resnet50 --weights my_weights.safetensors --name my-r50
+        python -m harness submit my_pkg.encoders:build --name my-enc --fractions 0.1 1 --seeds 0
+    """)
+    p.add_argument("spec", nargs="?", default=None, help="package.module:factory returning the encoder")
+    p.add_argument("--name", required=True, help="the name it gets on the leaderboard")
+    p.add_argument("--arch", default=None, help="with --weights: resnet18 | resnet50 | vit_tiny | efficientnet_lite0")
+    p.add_argument("--weights", default=None, help=".safetensors (or a plain torch state dict; pickles are refused)")
+    p.add_argument("--tasks", nargs="+", default=None, help="default: every task it is capable of (not mock)")
+    p.add_argument("--fractions", nargs="+", type=float, default=None, help="default: each task's own list")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: each task's own list")
+    p.add_argument("--profile", choices=("smoke", "small", "paper"), default=None)
+    p.add_argument("--save-predictions", action="store_true")
+    p.add_argument("--device", default="auto")
+    _add_common(p)
+    _maybe(lambda: __import__("harness.dispatch", fromlist=["x"]).add_executor_arguments(p))
+
     p = _sub(sub, "regress", "compare result records with published numbers; exit 1 when one falls outside", """
         python -m harness regress --against published
         python -m harness regress --results results --against my_reference.yaml --data-source synthetic
@@ -250,6 +268,45 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from harness.runner import RunError, RunRequest, execute, get_task
+    from harness.submit import SubmissionMethod, ensure_registered, factory_for, submission_spec
+    from harness.tasks import load_task, task_files
+
+    spec = submission_spec(args.spec, args.arch, args.weights)
+    factory_for(args.spec, args.arch, args.weights)  # fail early on a bad SPEC
+    ensure_registered(args.name, spec)
+    method = SubmissionMethod(args.name, factory_for(args.spec, args.arch, args.weights))  # runs the checks
+    caps = set(method.card.capabilities)
+    if args.tasks:
+        tasks = [get_task(t, args.tasks_dir) for t in args.tasks]
+        refused = [t.name for t in tasks if not set(t.requires) <= caps]
+        if refused:
+            raise RunError(f"{args.name} lacks capabilities for {refused} (it has {sorted(caps)})")
+    else:
+        tasks = [t for t in (load_task(p) for p in task_files()) if t.dataset != "mock" and set(t.requires) <= caps]
+    print(f"{args.name}: capabilities {sorted(caps)}; scoring on {[t.name for t in tasks]}")
+    requests = [RunRequest(method=args.name, task=t.name, fraction=f, seed=s, profile=args.profile,
+                           data_root=args.data_root, results_dir=args.results, save_predictions=args.save_predictions,
+                           device=args.device, progress=not args.quiet, tasks_dir=args.tasks_dir, submission=spec)
+                for t in tasks for f in (args.fractions or t.fractions) for s in (args.seeds or t.seeds)]
+    if getattr(args, "executor", "debug") != "debug":
+        from harness import dispatch
+
+        outcomes = dispatch.dispatch_runs(requests, args)
+        print(dispatch.describe(outcomes))
+        return 0 if all(o.status == "done" for o in outcomes) else 1
+    failed = 0
+    for req in requests:
+        try:
+            out = execute(req)
+            _print_outcome(out.record, out.path)
+        except (RunError, ValueError, OSError) as exc:  # one task failing does not stop the others
+            failed += 1
+            print(f"FAILED {req.task} (fraction {req.fraction:g}, seed {req.seed}): {exc}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_regress(args: argparse.Namespace) -> int:
     from harness.regress import run_regress
 
@@ -265,9 +322,11 @@ def main(argv: list[str] | None = None) -> int:
     from harness.data.schema import DataError
     from harness.registry import UnknownNameError
     from harness.regress import RegressError
+    from harness.submit import SubmissionError
     from harness.tasks import TaskSpecError
 
-    expected: tuple[type[BaseException], ...] = (UnknownNameError, TaskSpecError, DataError, OSError, RegressError)
+    expected: tuple[type[BaseException], ...] = (UnknownNameError, TaskSpecError, DataError, OSError, RegressError,
+                                                   SubmissionError)
     from harness.runner import RunError
 
     expected += (RunError,)
@@ -278,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError:  # pragma: no cover - dispatch lands separately
         pass
     handlers = {"run": cmd_run, "ls": cmd_ls, "validate": cmd_validate, "leaderboard": cmd_leaderboard,
-                "data": cmd_data, "regress": cmd_regress}
+                "data": cmd_data, "regress": cmd_regress, "submit": cmd_submit}
     if args.command == "sweep":
         from harness import sweep
 

@@ -52,6 +52,8 @@ class RunRequest:
     device: str = "auto"
     progress: bool = True
     tasks_dir: str | None = None
+    # a submitted encoder (harness.submit.submission_spec): re-registered in whatever process runs this
+    submission: str | None = None
 
 
 @dataclass
@@ -196,6 +198,10 @@ def prepare(req: RunRequest) -> Prepared:
     timings: dict[str, float] = {}
     task = get_task(req.task, req.tasks_dir)
     check_fraction(task, req.fraction)
+    if req.submission:
+        from harness.submit import ensure_registered
+
+        ensure_registered(req.method, req.submission)
     method = load_method(req.method)
     protocol = PROTOCOLS.get(task.protocol)
     missing = [c for c in task.requires if c not in method.card.capabilities]
