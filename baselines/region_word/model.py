@@ -1,0 +1,64 @@
+"""The region-word model: an image encoder and a text encoder projected into one joint space.
+
+JoImTeRNet (Ji, Shaikh et al., MLMI 2021; specs/methods.md section 2) with a
+harness backbone: the backbone's last-stage map gives the regions (a 1x1
+projection = ``Linear`` on each region row) and its pooled vector the global
+image feature (``Linear``); the text encoder's token outputs give the word
+vectors (``Linear``) and its [CLS] output the sentence vector (``Linear``), all
+of width ``embed_dim``. An MLM head on the token outputs trains the text side.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from baselines.common.backbones import Backbone
+from baselines.common.text import BertTextEncoder, MLMHead
+
+
+class RegionWordModel(nn.Module):
+    """Image + text encoders with their joint-space projections and the MLM head."""
+
+    def __init__(self, backbone: Backbone, text: BertTextEncoder, embed_dim: int) -> None:
+        super().__init__()
+        self.backbone, self.text = backbone, text
+        self.embed_dim = embed_dim
+        self.region_proj = nn.Linear(backbone.num_features, embed_dim)  # the paper's 1x1 conv on the regions
+        self.global_proj = nn.Linear(backbone.num_features, embed_dim)
+        self.word_proj = nn.Linear(text.hidden_size, embed_dim)
+        self.sentence_proj = nn.Linear(text.hidden_size, embed_dim)  # on [CLS] (the paper's pool='cls')
+        self.mlm_head = MLMHead(text.hidden_size, text.vocab_size)
+
+    def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, C, S, S) -> (global (B, E), regions (B, R, E))`` from one backbone pass."""
+        feature_map = self.backbone.feature_map(images)  # (B, D, h, w)
+        pooled = feature_map.mean(dim=(2, 3))  # (B, D), as Backbone.forward for CNNs
+        regions = feature_map.flatten(2).transpose(1, 2)  # (B, R, D), row-major
+        return self.global_proj(pooled), self.region_proj(regions)
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, L), (B, L) -> (sentence (B, E), words (B, L, E))``."""
+        tokens, cls = self.text(input_ids, attention_mask)
+        return self.sentence_proj(cls), self.word_proj(tokens)
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                mlm_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """One training pass (through ``forward`` so DDP syncs it): image global, regions, sentence, words,
+        MLM logits on the masked copy of the reports."""
+        image_global, regions = self.image_features(images)
+        sentence, words = self.text_features(input_ids, attention_mask)
+        return image_global, regions, sentence, words, self.mlm_logits(mlm_ids, attention_mask)
+
+    def mlm_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``(B, L) -> (B, L, V)`` vocabulary logits at every position."""
+        tokens, _ = self.text(input_ids, attention_mask)
+        return self.mlm_head(tokens)
+
+
+def word_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """The words that enter word-region matching: real tokens except [CLS] (position 0), as in the paper."""
+    mask = attention_mask.bool().clone()
+    mask[:, 0] = False
+    return mask
