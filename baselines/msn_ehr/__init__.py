@@ -1,0 +1,114 @@
+"""``msn`` and ``msn-ehr``: Masked Siamese Networks, without and with EHR fused into the anchor branch.
+
+Shurrab, Guerra-Manzanares, Shamout, "Multimodal masked siamese network improves
+chest X-ray representation learning", Sci Rep 2024 (specs/methods.md section 4;
+the recipe is the authors' code, github.com/nyuad-cai/CXR-EHR-MSN). Usage::
+
+    python -m harness run --method msn --task mimic-cls                      # small: ViT-Tiny/8 at 64 px, CPU
+    python -m harness run --method msn-ehr --task mimic-cls                  # + all three EHR groups (13 features)
+    python -m harness run --method msn-ehr --task mimic-cls --set 'ehr.groups=[demographics]'
+    python -m harness run --method msn-ehr --task mimic-cls --set ehr.groups=[inpatient] --set ehr.age_encoding=bin5
+    python -m harness run --method msn-ehr --task mimic-cls --set ehr.missing=exclude   # drop images without EHR
+    python -m harness run --method msn-ehr --task mimic-cls --profile paper  # ViT-Small/16, 224 px, 100 epochs (GPU)
+    python -m harness run --method msn --task mimic-cls --profile paper --set backbone=vit_tiny
+
+EHR groups: ``demographics`` (sex + age), ``scan`` (view + orientation),
+``inpatient`` (in-hospital death + ICU stay); age as ``minmax``, ``bin5`` or
+``bin10`` (``harness.data.ehr``). EHR needs MIMIC-IV (real or synthetic) next to
+MIMIC-CXR: ``msn-ehr`` on a dataset without ``ehr_*`` columns is a ``DataError``.
+
+``load`` returns the TARGET (EMA) backbone, as the authors' ``evaluate.py`` loads
+it (keys ``backbone.*``), without projection head, prototypes or EHR layers: the
+CLS token is the global feature and the patch tokens the region features. EHR is
+never used at evaluation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from baselines.common.encoder import BackboneEncoder, imagenet_preprocess
+from baselines.common.train import load_checkpoint
+from baselines.msn_ehr.config import (
+    MSN_EHR_PROFILES,
+    MSN_PROFILES,
+    EHRConfig,
+    MSNConfig,
+    MSNEHRConfig,
+    build_config,
+)
+from baselines.msn_ehr.model import build_vit
+from harness.methods import MethodCard, PretrainRequest
+
+__all__ = ["MSNMethod", "MSNEHRMethod", "MSNConfig", "MSNEHRConfig", "EHRConfig"]
+
+PAPER = ("Shurrab, Guerra-Manzanares, Shamout, 'Multimodal masked siamese network improves chest X-ray "
+         "representation learning', Sci Rep 2024 (arXiv 2407.04449), recipe from the authors' code "
+         "(nyuad-cai/CXR-EHR-MSN b3755c0); MSN: Assran et al. ECCV 2022")
+
+HARNESS_CHOICES = ("harness choices: training split only; prototypes trained (the released code freezes them; "
+                   "train_prototypes=false reproduces it); grey 1-channel patch embedding with grey ImageNet "
+                   "mean/std; per-step cosine; final weights (not lowest train loss); target (EMA) backbone "
+                   "evaluated, CLS token global, patch tokens regions")
+
+
+class MSNMethod:
+    """The ``msn`` method: vanilla MSN (see the module docstring)."""
+
+    name = "msn"
+    config_class: type[MSNConfig] = MSNConfig
+    profiles: dict[str, dict[str, Any]] = MSN_PROFILES
+
+    def __init__(self) -> None:
+        self.card = self.card_for(self.config(self.profiles["small"]))
+
+    def config(self, values: dict[str, Any]) -> MSNConfig:
+        return build_config(self.config_class, values, what=f"{self.name} config")
+
+    def card_for(self, cfg: MSNConfig) -> MethodCard:
+        model = f"{cfg.backbone} (patch {cfg.patch_size}, {cfg.num_heads} heads) at {cfg.image_size} px"
+        ehr = ""
+        if isinstance(cfg, MSNEHRConfig):
+            ehr = (f"; EHR {'+'.join(cfg.ehr.groups)} (age {cfg.ehr.age_encoding}, missing EHR "
+                   f"{cfg.ehr.missing}) fused into the anchor branch in pretraining only")
+        return MethodCard(name=self.name, paper=PAPER, preprocess=imagenet_preprocess(cfg.image_size, 1),
+                          pretraining_data=("{task}",), capabilities=("image", "image_regions", "trainable"),
+                          notes=f"{model}, random init{ehr}; {HARNESS_CHOICES}")
+
+    def pretrain(self, request: PretrainRequest) -> Path:
+        from baselines.msn_ehr.pretrain import pretrain
+
+        cfg = self.config(request.config)
+        return pretrain(request, cfg, card=_card_dict(self.card_for(cfg)))
+
+    def load(self, checkpoint: Path | None, config: dict[str, Any]) -> BackboneEncoder:
+        """The target (EMA) ViT of ``checkpoint`` as an image + region encoder."""
+        cfg = self.config(config)
+        if checkpoint is None:
+            raise ValueError(f"{self.name}: needs the checkpoint that pretrain returned (got None)")
+        state = load_checkpoint(checkpoint)["model"]
+        prefix = "target_backbone."
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not weights:
+            raise ValueError(f"{checkpoint}: no MSN target backbone ('{prefix}*') in this checkpoint")
+        backbone = build_vit(cfg.backbone, patch_size=cfg.patch_size, num_heads=cfg.num_heads,
+                             image_size=cfg.image_size)
+        backbone.load_state_dict(weights)
+        return BackboneEncoder(backbone, self.card_for(cfg)).eval()
+
+
+class MSNEHRMethod(MSNMethod):
+    """The ``msn-ehr`` method: MSN with the EHR vector fused into the anchor branch."""
+
+    name = "msn-ehr"
+    config_class = MSNEHRConfig
+    profiles = MSN_EHR_PROFILES
+
+
+def _card_dict(card: MethodCard) -> dict[str, Any]:
+    """The card as plain data for the checkpoint's ``meta`` (self-describing checkpoints)."""
+    return {"name": card.name, "paper": card.paper, "pretraining_data": list(card.pretraining_data),
+            "notes": card.notes, "preprocess": {"image_size": card.preprocess.image_size,
+                                                "channels": card.preprocess.channels,
+                                                "mean": list(card.preprocess.mean), "std": list(card.preprocess.std)}}

@@ -1,0 +1,166 @@
+"""MSN and MSN+EHR: the configs and their three profiles.
+
+``paper`` follows the authors' code (specs/methods.md section 4: CXR-EHR-MSN
+``cxr_ehr_msn_trainer.py`` and its README command): ViT-Small (384-d, 12 layers,
+6 heads; ``--set backbone=vit_tiny`` gives their 192-d ViT-Tiny, also with **6 heads**)
+at 224 px with patch 16, 1 + 10 views (224 px random crops of area 0.3-1, 96 px focal
+crops of area 0.05-0.3, flip, nothing else), 15 % patch masking on anchors, 1,024 prototypes, T 0.1, target
+sharpening T 0.25, 3 Sinkhorn iterations, ME-MAX weight 1, EMA 0.996 held
+constant, AdamW lr 1e-4 / wd 1e-3, batch 64, 100 epochs, cosine to 0, seed 24.
+
+Harness choices (also on the method card):
+
+- the prototypes are TRAINED (``train_prototypes=True``): the released code passes
+  ``prototypes.data`` to the loss, so they never leave their random init; set
+  ``train_prototypes=false`` to reproduce that;
+- vanilla ``msn`` gets the same 100-epoch budget as ``msn-ehr`` (the authors'
+  baseline script defaults to 50) so the comparison isolates the EHR;
+- grey input with a 1-channel patch embedding and the ImageNet mean/std collapsed
+  to one channel (the paper repeats the grey channel 3x: the same model up to the
+  parameterisation of the first layer, since the init is random);
+- the cosine schedule is per step, not per epoch; the final weights are kept
+  (the code keeps the lowest-train-loss epoch, which selects on noise).
+
+``small`` is the CPU default on the synthetic world (minutes on 2 cores for ~800
+images); ``smoke`` runs in seconds for tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from baselines.common.config import from_dict, to_dict
+from harness.data.ehr import AGE_ENCODINGS, GROUPS, VARIABLES
+
+MISSING_POLICIES = ("impute", "exclude")
+
+
+@dataclass(frozen=True)
+class EHRConfig:
+    """Which EHR vector the anchor branch sees (``harness.data.ehr.encode_ehr`` builds it)."""
+
+    # demographics | scan | inpatient (or the paper's socio / image_meta / clinical, or single variables).
+    # Default: all three groups (the paper's full 13-feature set with min-max age); the abstract reports
+    # demographics alone as the largest single gain: --set ehr.groups=[demographics].
+    groups: tuple[str, ...] = ("demographics", "scan", "inpatient")
+    age_encoding: str = "minmax"  # minmax (1 value) | bin5 (16 one-hot bins) | bin10 (9 bins)
+    embed_dim: int = 128  # e = Linear(ehr_in -> 128)(EHR), the paper's --ehr-out
+    impute: str = "paper"  # missing view / orientation: paper (IterativeImputer + random forest) | mode | none
+    # images without EHR (no MIMIC-IV subject, no sex, or a rare view when the scan group is used):
+    # impute: keep them with encode_ehr's documented fill (same images as vanilla msn; harness default);
+    # exclude: drop them from pretraining, as the paper's feature notebook does. Counted either way.
+    missing: str = "impute"
+
+    def __post_init__(self) -> None:
+        groups = (self.groups,) if isinstance(self.groups, str) else tuple(self.groups)  # --set ehr.groups=scan
+        object.__setattr__(self, "groups", groups)
+        unknown = [g for g in groups if g not in GROUPS and g not in VARIABLES]
+        if not groups or unknown:
+            raise ValueError(f"msn-ehr: ehr.groups {list(groups)}: choose from {sorted(GROUPS)} or {VARIABLES}")
+        if self.age_encoding not in AGE_ENCODINGS:
+            raise ValueError(f"msn-ehr: ehr.age_encoding must be one of {AGE_ENCODINGS}, got {self.age_encoding!r}")
+        if self.missing not in MISSING_POLICIES:
+            raise ValueError(f"msn-ehr: ehr.missing must be one of {MISSING_POLICIES}, got {self.missing!r}")
+        if self.embed_dim <= 0:
+            raise ValueError(f"msn-ehr: ehr.embed_dim must be positive, got {self.embed_dim}")
+
+
+@dataclass(frozen=True)
+class MSNConfig:
+    """Vanilla MSN (Assran et al. ECCV 2022) as configured in the CXR-EHR-MSN code."""
+
+    backbone: str = "vit_tiny"  # vit_tiny (192-d) | vit_small (384-d), timm, random init
+    patch_size: int = 16
+    num_heads: int = 6  # the authors' ViT-Tiny has 6 heads (timm's has 3)
+    image_size: int = 224  # the random (target and first anchor) views, and evaluation
+    focal_size: int = 96  # the focal anchor views
+    num_focal_views: int = 10  # anchors per image = 1 random + this many focal
+    random_scale: tuple[float, float] = (0.3, 1.0)  # crop area of the random views (lightly MSNTransform)
+    focal_scale: tuple[float, float] = (0.05, 0.3)  # crop area of the focal views
+    hflip: bool = True
+    rotation: float = 0.0  # the paper: no rotation, colour jitter, blur or grey-scale
+    brightness: float = 0.0
+    contrast: float = 0.0
+    mask_ratio: float = 0.15  # fraction of an anchor's patch tokens dropped (the target is never masked)
+    num_prototypes: int = 1024
+    train_prototypes: bool = True  # harness fix; false = the released code (prototypes frozen at init)
+    temperature: float = 0.1  # anchor and target softmax over prototypes
+    sharpen_temperature: float = 0.25  # target sharpening p^(1/T)
+    sinkhorn_iterations: int = 3  # on the targets; 0 disables
+    me_max_weight: float = 1.0  # mean-entropy maximisation (ME-MAX) regulariser
+    momentum: float = 0.996  # EMA of the target branch, held constant as in the authors' code
+    batch_size: int = 64  # global, over all processes
+    lr: float = 1e-4  # AdamW, README command (the script default 1e-6 is not what was run)
+    weight_decay: float = 1e-3
+    epochs: float = 100.0
+    steps: int | None = None  # overrides epochs when set (the CPU profiles train for a fixed budget)
+    checkpoint_every: int = 500
+    log_every: int = 10
+    amp: str = "auto"  # 16-bit mixed precision on CUDA (the paper), float32 on CPU
+    seed: int = 24  # the authors' seed
+
+    def __post_init__(self) -> None:
+        if self.backbone not in ("vit_tiny", "vit_small"):
+            raise ValueError(f"msn: backbone must be vit_tiny or vit_small, got {self.backbone!r}")
+        for size in (self.image_size, self.focal_size):
+            if size % self.patch_size:
+                raise ValueError(f"msn: view size {size} is not a multiple of patch_size {self.patch_size}")
+        if not 0 <= self.mask_ratio < 1 or not 0 <= self.momentum <= 1:
+            raise ValueError(f"msn: mask_ratio must be in [0, 1) and momentum in [0, 1] ({self})")
+        if self.num_prototypes <= 1 or self.num_focal_views < 0 or self.batch_size <= 0:
+            raise ValueError(f"msn: bad num_prototypes / num_focal_views / batch_size in {self}")
+        if self.temperature <= 0 or self.sharpen_temperature <= 0:
+            raise ValueError("msn: temperatures must be positive")
+
+    def with_ehr(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class MSNEHRConfig(MSNConfig):
+    """MSN with an EHR vector fused into the anchor branch (Shurrab et al. 2024)."""
+
+    ehr: EHRConfig = field(default_factory=EHRConfig)
+
+    def with_ehr(self) -> bool:
+        return True
+
+
+def build_config(cls: type[MSNConfig], values: Mapping[str, Any], what: str) -> MSNConfig:
+    """``cls`` from a profile dict (nested ``ehr`` section included); unknown keys are errors."""
+    values = dict(values)
+    if "ehr" in values and cls is MSNEHRConfig:
+        section = values["ehr"]
+        if not isinstance(section, Mapping):
+            raise ValueError(f"{what}: 'ehr' must be a section (ehr.groups=..., ehr.age_encoding=...)")
+        values["ehr"] = from_dict(EHRConfig, section, what=f"{what} ehr")
+    return from_dict(cls, values, what=what)
+
+
+def config_dict(config: MSNConfig) -> dict[str, Any]:
+    """Plain JSON-friendly dict (the ``ehr`` section nested)."""
+    out = to_dict(config)
+    if isinstance(config, MSNEHRConfig):
+        out["ehr"] = to_dict(config.ehr)
+    return out
+
+
+def _profiles(cls: type[MSNConfig], **extra: Any) -> dict[str, dict[str, Any]]:
+    smoke = cls(patch_size=8, image_size=32, focal_size=16, num_focal_views=2, num_prototypes=16, batch_size=8,
+                steps=3, checkpoint_every=0, log_every=1, lr=1e-3, seed=0, **extra)
+    # small: ViT-Tiny with patch 8 at 64 px (8x8 patches), focal views at 32 px (4x4 patches), 4 focal views,
+    # 256 prototypes (fewer than 1,024 for ~800 images), a faster EMA and a higher lr, as a CPU run
+    # of 150 steps needs; still 15 % masking, T 0.1 / 0.25, Sinkhorn 3, ME-MAX 1.
+    small = cls(patch_size=8, image_size=64, focal_size=32, num_focal_views=4, num_prototypes=256, batch_size=32,
+                steps=150, momentum=0.99, lr=5e-4, weight_decay=0.04, checkpoint_every=50, seed=0, **extra)
+    paper = cls(backbone="vit_small", **extra)  # the paper reports ViT-Tiny and ViT-Small
+    return {name: config_dict(c) for name, c in (("smoke", smoke), ("small", small), ("paper", paper))}
+
+
+MSN_PROFILES = _profiles(MSNConfig)
+MSN_EHR_PROFILES = _profiles(MSNEHRConfig)
+
+__all__ = ["EHRConfig", "MSNConfig", "MSNEHRConfig", "MSN_PROFILES", "MSN_EHR_PROFILES", "build_config",
+           "config_dict"]
