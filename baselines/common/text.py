@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -104,17 +105,24 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, max_length: int, min_
     of its scispaCy word vocabulary is a harness choice (no model to download, and
     sub-words cover words the training reports never used).
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    from harness.wordpiece import learn_wordpiece_vocab
 
     texts = [t for t in texts if t]
     if not texts:
         raise ValueError("no report text to train the tokenizer on (findings and impression are all empty)")
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                                             special_tokens=list(SPECIAL_TOKENS)))
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    # deterministic across processes (HF's trainer is not); words seen fewer than min_frequency times
+    # still contribute their characters, so nothing common becomes [UNK]
+    frequent = Counter({w: c for w, c in words.items() if c >= min_frequency}) or words
+    alphabet = Counter({ch: 1 for w in words for ch in w})
+    pieces = learn_wordpiece_vocab(frequent + alphabet, max(0, vocab_size - len(SPECIAL_TOKENS)))
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate([*SPECIAL_TOKENS, *pieces])}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
