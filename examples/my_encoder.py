@@ -29,12 +29,14 @@ class MyEncoder(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        torch.manual_seed(0)  # deterministic weights for the example; yours come from your checkpoint
-        self.net = nn.Sequential(
-            nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        )
+        with torch.random.fork_rng():  # fixed weights for the example, without touching the global RNG
+            torch.manual_seed(0)
+            self.net = nn.Sequential(
+                nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU(),
+                nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # (B, 32)
+            )
+        # yours would load its trained weights here, e.g. safetensors.torch.load_file(...)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)

@@ -93,7 +93,17 @@ def render_task(task: str, data_source: str, recs: list[dict[str, Any]]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def render_all(results_dir: str | Path, out_dir: str | Path) -> tuple[list[Path], list[str]]:
+def picture_links(pictures: list[tuple[str, Path]], md_dir: Path) -> str:
+    """A "Pictures" section linking PNGs (``harness.pictures``) relative to the markdown file."""
+    if not pictures:
+        return ""
+    lines = ["", "## Pictures", ""]
+    lines += [f"- [{caption}]({os.path.relpath(png, md_dir)})" for caption, png in pictures]
+    return "\n".join(lines) + "\n"
+
+
+def render_all(results_dir: str | Path, out_dir: str | Path, pictures: bool = True) -> tuple[list[Path], list[str]]:
+    """Write ``<out>/<source>/<task>.md`` (and, with ``pictures``, its PNGs, linked from it)."""
     records, problems = load_records(results_dir)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
@@ -102,8 +112,13 @@ def render_all(results_dir: str | Path, out_dir: str | Path) -> tuple[list[Path]
     for (source, task), recs in sorted(groups.items()):
         path = Path(out_dir) / source / f"{task}.md"
         path.parent.mkdir(parents=True, exist_ok=True)
+        text = render_task(task, source, recs)
+        if pictures:
+            from harness.pictures import task_pictures
+
+            text += picture_links(task_pictures(task, source, recs, Path(results_dir), path.parent), path.parent)
         tmp = path.with_suffix(".md.tmp")
-        tmp.write_text(render_task(task, source, recs), encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
         written.append(path)
     return written, problems
