@@ -119,8 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     """)
     p.add_argument("spec", nargs="?", default=None, help="package.module:factory returning the encoder")
     p.add_argument("--name", required=True, help="the name it gets on the leaderboard")
-    p.add_argument("--arch", default=None, help="with --weights: resnet18 | resnet50 | vit_tiny | efficientnet_lite0")
+    p.add_argument("--arch", default=None, help="with --weights: resnet18 | resnet50 | vit_tiny | efficientnet_lite0 "
+                                                "| timm:NAME | torchvision:NAME")
     p.add_argument("--weights", default=None, help=".safetensors (or a plain torch state dict; pickles are refused)")
+    p.add_argument("--pretraining-data", nargs="+", default=None, metavar="DATASET:SPLIT",
+                   help="with --weights: what the weights saw (e.g. mimic-cxr:train), for the leakage flag")
     p.add_argument("--tasks", nargs="+", default=None, help="default: every task it is capable of (not mock)")
     p.add_argument("--fractions", nargs="+", type=float, default=None, help="default: each task's own list")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: each task's own list")
@@ -132,15 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(sub, "regress", "compare result records with published numbers; exit 1 when one falls outside", """
         python -m harness regress --against published
-        python -m harness regress --results results --against my_reference.yaml --data-source synthetic
+        python -m harness regress --results results --against leaderboards/reference/reference.yaml
+        python -m harness regress --regenerate-reference
     """)
     p.add_argument("--results", default="results")
     p.add_argument("--against", default="published", help="'published' (leaderboards/published.yaml) or a YAML file")
-    p.add_argument("--data-source", choices=("real", "synthetic"), default="real",
-                   help="which records to compare (published figures are real-data figures)")
+    p.add_argument("--data-source", choices=("real", "synthetic"), default=None,
+                   help="default: the file's own (published figures are real-data figures)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="override every entry's tolerance, on the metric's scale (0.01 = 1 AUROC point)")
     p.add_argument("--out", default=None, help="also write the table as markdown here")
+    p.add_argument("--regenerate-reference", action="store_true",
+                   help="rerun the CI reference suite and rewrite leaderboards/reference/ (on purpose only)")
 
     _maybe(lambda: _add_sweep(sub))
+    _maybe(lambda: _add_bench(sub))
     return parser
 
 
@@ -153,6 +162,16 @@ def _add_sweep(sub) -> None:
     """)
     sweep.add_sweep_arguments(p)
     dispatch.add_executor_arguments(p)
+
+
+def _add_bench(sub) -> None:
+    from harness import bench
+
+    p = _sub(sub, "bench", "measure the harness against naive baselines (ratios, one run, one machine)", """
+        python -m harness bench --quick --out /tmp/bench.md
+        python -m harness bench --out docs/bench-report.md
+    """)
+    bench.add_bench_arguments(p)
 
 
 def _maybe(fn) -> None:
@@ -202,9 +221,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
             if spec.protocol not in PROTOCOLS:
                 PROTOCOLS.get(spec.protocol)
             print(f"ok     {path}")
-        except (TaskSpecError, KeyError) as exc:
+        except TaskSpecError as exc:  # its message starts with the file
             bad += 1
             print(f"ERROR  {exc}")
+        except KeyError as exc:  # an unknown dataset / protocol name: say which file names it
+            bad += 1
+            print(f"ERROR  {path}: {exc.args[0] if exc.args else exc}")
     print(f"{len(files) - bad} valid, {bad} invalid")
     return 1 if bad else 0
 
@@ -269,22 +291,13 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from harness.runner import RunError, RunRequest, execute, get_task
-    from harness.submit import SubmissionMethod, ensure_registered, factory_for, submission_spec
-    from harness.tasks import load_task, task_files
+    from harness.runner import RunError, RunRequest, execute, load_method
+    from harness.submit import capable_tasks, ensure_registered, submission_spec
 
-    spec = submission_spec(args.spec, args.arch, args.weights)
-    factory_for(args.spec, args.arch, args.weights)  # fail early on a bad SPEC
+    spec = submission_spec(args.spec, args.arch, args.weights, args.pretraining_data)
     ensure_registered(args.name, spec)
-    method = SubmissionMethod(args.name, factory_for(args.spec, args.arch, args.weights))  # runs the checks
-    caps = set(method.card.capabilities)
-    if args.tasks:
-        tasks = [get_task(t, args.tasks_dir) for t in args.tasks]
-        refused = [t.name for t in tasks if not set(t.requires) <= caps]
-        if refused:
-            raise RunError(f"{args.name} lacks capabilities for {refused} (it has {sorted(caps)})")
-    else:
-        tasks = [t for t in (load_task(p) for p in task_files()) if t.dataset != "mock" and set(t.requires) <= caps]
+    caps = set(load_method(args.name).card.capabilities)  # builds and checks the encoder
+    tasks = capable_tasks(caps, args.tasks, args.tasks_dir)
     print(f"{args.name}: capabilities {sorted(caps)}; scoring on {[t.name for t in tasks]}")
     requests = [RunRequest(method=args.name, task=t.name, fraction=f, seed=s, profile=args.profile,
                            data_root=args.data_root, results_dir=args.results, save_predictions=args.save_predictions,
@@ -310,7 +323,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_regress(args: argparse.Namespace) -> int:
     from harness.regress import run_regress
 
-    code, text = run_regress(args.results, args.against, args.out, args.data_source)
+    if args.regenerate_reference:
+        from harness.reference import regenerate
+
+        print(f"wrote {regenerate()}")
+        return 0
+    code, text = run_regress(args.results, args.against, args.out, args.data_source, args.tolerance)
     print(text)
     return code
 
@@ -342,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         from harness import sweep
 
         handlers["sweep"] = sweep.run_sweep
+    if args.command == "bench":
+        from harness import bench
+
+        handlers["bench"] = bench.cmd_bench
     try:
         return handlers[args.command](args)
     except expected as exc:
