@@ -17,7 +17,7 @@ from baselines.region_word import RegionWordMethod
 from baselines.region_word.config import RegionWordConfig
 from baselines.region_word.losses import word_region_attention, word_region_scores
 from baselines.region_word.model import RegionWordModel
-from baselines.region_word.pretrain import region_word_losses, total_loss
+from baselines.region_word.pretrain import is_itm_step, region_word_losses, total_loss
 from harness.cohort import ImageView, TrainingData
 from harness.data.schema import DataError
 from harness.methods import PretrainRequest, capabilities
@@ -170,3 +170,15 @@ def test_minilm_text_model_pretrains_and_loads(tmp_path):
     with torch.no_grad():
         t = encoder.encode_text(["small left pleural effusion.", "no acute process"])
     assert t.shape == (2, 32) and torch.isfinite(t).all()
+
+
+def test_paper_profile_samples_itm_or_mlm_per_step():
+    cfg = RegionWordConfig()  # paper: ITM with p 0.3, else MLM
+    draws = [is_itm_step(cfg, seed=0, step=s) for s in range(2000)]
+    assert 0.27 < np.mean(draws) < 0.33 and RegionWordConfig(itm_probability=None).itm_probability is None
+    terms = {k: torch.tensor(1.0) for k in ("sent_i2t", "sent_t2i", "word_i2t", "word_t2i", "trip_sent_img",
+                                             "trip_sent_txt", "trip_word_img", "trip_word_txt")}
+    terms["mlm"] = torch.tensor(5.0)
+    assert total_loss(terms, cfg, itm_step=False) == 5.0  # an MLM step: the reports' loss only
+    assert total_loss(terms, cfg, itm_step=True) == 4.0 + 2.0 * 4  # lambda_DAMSM 4 CEs + lambda_TRIPLET 4 hinges
+    assert total_loss(terms, cfg, itm_step=None) == 17.0

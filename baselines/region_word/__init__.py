@@ -26,7 +26,7 @@ from torch import nn
 from baselines.common.backbones import build_backbone
 from baselines.common.config import from_dict
 from baselines.common.encoder import imagenet_preprocess
-from baselines.common.text import TOKENIZER_FILE, TextTokenizer, minilm_tokenizer
+from baselines.common.text import TOKENIZER_FILE, TextTokenizer, pretrained_tokenizer
 from baselines.common.train import load_checkpoint
 from baselines.region_word.config import PROFILES, RegionWordConfig
 from baselines.region_word.model import RegionWordModel
@@ -40,15 +40,18 @@ PAPER = ("JoImTeRNet: Ji, Shaikh et al. MLMI 2021 (arXiv 2109.01949), word-regio
 
 def card_for(cfg: RegionWordConfig) -> MethodCard:
     seen = ("{task}", "imagenet:train") if cfg.init == "imagenet" else ("{task}",)
-    text = ("all-MiniLM-L6-v2 (pretrained on web sentence pairs)" if cfg.text_model == "minilm"
-            else f"BERT from scratch ({cfg.text_layers} layers, {cfg.text_hidden} hidden) on a WordPiece vocabulary")
+    text = {"minilm": "all-MiniLM-L6-v2 (pretrained on web sentence pairs)",
+            "scratch": f"BERT from scratch ({cfg.text_layers} layers, {cfg.text_hidden} hidden) on a WordPiece "
+                       "vocabulary"}.get(cfg.text_model, f"local pretrained model {Path(cfg.text_model).name}")
+    mixing = ("ITM and MLM summed every step (paper: sampled 0.3/0.7)" if cfg.itm_probability is None
+              else f"ITM step with p {cfg.itm_probability}, else MLM (as the paper)")
     return MethodCard(
         name="region-word", paper=PAPER, preprocess=imagenet_preprocess(cfg.image_size, 3),
         pretraining_data=seen,
         capabilities=("image", "image_regions", "text", "trainable", "localization"),
         notes=(f"{cfg.backbone} at {cfg.image_size} px (init {cfg.init}), joint dim {cfg.embed_dim}; text: {text}; "
                "harness choices: torchvision backbone instead of the paper's 2048 px custom ResNet, regions from "
-               "its last stage, ITM and MLM losses summed every step (paper: sampled 0.3/0.7), no flips"),
+               f"its last stage, {mixing}, no flips"),
     )
 
 
@@ -115,7 +118,7 @@ class RegionWordMethod:
             raise ValueError("region-word: needs the checkpoint that pretrain returned (got None)")
         checkpoint = Path(checkpoint)
         state = load_checkpoint(checkpoint)["model"]
-        tokenizer = (minilm_tokenizer(cfg.max_length) if cfg.text_model == "minilm"
+        tokenizer = (pretrained_tokenizer(cfg.text_model, cfg.max_length) if cfg.text_model != "scratch"
                      else TextTokenizer.load(checkpoint.parent / TOKENIZER_FILE, cfg.max_length))
         backbone = build_backbone(cfg.backbone, in_chans=3, image_size=cfg.image_size)  # weights come from state
         model = build_model(cfg, tokenizer, pretrained_text=False, backbone=backbone)

@@ -24,13 +24,13 @@ from baselines.common.config import to_dict
 from baselines.common.data import AugmentConfig, ViewBatches
 from baselines.common.encoder import imagenet_preprocess
 from baselines.common.sampling import StepSampler
-from baselines.common.seeding import seed_all
+from baselines.common.seeding import seed_all, step_generator
 from baselines.common.text import (
     TOKENIZER_FILE,
     TextTokenizer,
     build_text_encoder,
-    minilm_tokenizer,
     mlm_mask,
+    pretrained_tokenizer,
     report_texts,
     train_wordpiece,
 )
@@ -61,9 +61,10 @@ def build_model(cfg: RegionWordConfig, tokenizer: TextTokenizer, *, pretrained_t
 
 
 def tokenizer_for(cfg: RegionWordConfig, texts: list[str], workdir: Path) -> TextTokenizer:
-    """MiniLM's tokenizer, or the WordPiece tokenizer of ``workdir`` (trained and saved on first use)."""
-    if cfg.text_model == "minilm":
-        return minilm_tokenizer(cfg.max_length)
+    """A pretrained text model's own tokenizer, or the WordPiece tokenizer of ``workdir`` (trained and saved
+    on first use)."""
+    if cfg.text_model != "scratch":
+        return pretrained_tokenizer(cfg.text_model, cfg.max_length)
     path = workdir / TOKENIZER_FILE
     if path.is_file():  # a resumed run keeps the vocabulary its checkpoint was trained with
         return TextTokenizer.load(path, cfg.max_length)
@@ -129,12 +130,26 @@ def region_word_losses(model: torch.nn.Module, batch: dict, cfg: RegionWordConfi
     return out
 
 
-def total_loss(terms: dict[str, torch.Tensor], cfg: RegionWordConfig) -> torch.Tensor:
-    return (cfg.weight_sentence * (terms["sent_i2t"] + terms["sent_t2i"])
-            + cfg.weight_word * (terms["word_i2t"] + terms["word_t2i"])
-            + cfg.weight_triplet * (terms["trip_sent_img"] + terms["trip_sent_txt"] + terms["trip_word_img"]
-                                    + terms["trip_word_txt"])
-            + cfg.weight_mlm * terms["mlm"])
+def total_loss(terms: dict[str, torch.Tensor], cfg: RegionWordConfig, itm_step: bool | None = None
+               ) -> torch.Tensor:
+    """The weighted sum; ``itm_step`` True / False keeps only the ITM / MLM part (the paper's sampled steps)."""
+    itm = (cfg.weight_sentence * (terms["sent_i2t"] + terms["sent_t2i"])
+           + cfg.weight_word * (terms["word_i2t"] + terms["word_t2i"])
+           + cfg.weight_triplet * (terms["trip_sent_img"] + terms["trip_sent_txt"] + terms["trip_word_img"]
+                                   + terms["trip_word_txt"]))
+    mlm = cfg.weight_mlm * terms["mlm"]
+    if itm_step is None:
+        return itm + mlm
+    # The unused part is multiplied by 0, not skipped: every parameter still gets a (zero) gradient, which
+    # DDP needs, and the graph is the same on every rank.
+    return itm + 0.0 * mlm if itm_step else 0.0 * itm + mlm
+
+
+def is_itm_step(cfg: RegionWordConfig, seed: int, step: int) -> bool | None:
+    """The paper's per-step task draw, identical on every rank (rank 0's stream); None when summing."""
+    if cfg.itm_probability is None:
+        return None
+    return bool(torch.rand((), generator=step_generator(seed, step, 0, 7)) < cfg.itm_probability)
 
 
 def pretrain(request: PretrainRequest, cfg: RegionWordConfig, card: dict) -> Path:
@@ -179,7 +194,7 @@ def pretrain(request: PretrainRequest, cfg: RegionWordConfig, card: dict) -> Pat
                             checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, amp=cfg.amp,
                             progress=request.progress)
     meta = {"method": "region-word", "config": to_dict(cfg), "card": card,
-            "text": {"tokenizer": TOKENIZER_FILE if cfg.text_model == "scratch" else "minilm",
+            "text": {"tokenizer": TOKENIZER_FILE if cfg.text_model == "scratch" else cfg.text_model,
                      "vocab_size": tokenizer.vocab_size},
             "data": {"dataset": data.dataset, "fingerprint": data.fingerprint, "data_source": data.data_source,
                      "num_images": len(data.images), "num_pairs": len(rows),
@@ -187,7 +202,11 @@ def pretrain(request: PretrainRequest, cfg: RegionWordConfig, card: dict) -> Pat
 
     def step(model: torch.nn.Module, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict]:
         terms = region_word_losses(model, batch, cfg, ctx.generator(2))
-        return total_loss(terms, cfg), {k: v.detach() for k, v in terms.items()}
+        itm_step = is_itm_step(cfg, ctx.seed, ctx.step)
+        logged = {k: v.detach() for k, v in terms.items()}
+        if itm_step is not None:
+            logged["itm_step"] = float(itm_step)
+        return total_loss(terms, cfg, itm_step), logged
 
     trainer = Trainer(model, optimizer, train_cfg, request.workdir, scheduler=scheduler, meta=meta)
     return trainer.fit(step, batches, sampler=sampler)
