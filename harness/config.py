@@ -46,8 +46,33 @@ def merge(base: dict[str, Any], overrides: dict[str, Any], *, where: str = "conf
         if isinstance(value, dict) and isinstance(out[key], dict):
             out[key] = merge(out[key], value, where=f"{where}.{key}")
         else:
-            out[key] = value
+            out[key] = _same_kind(out[key], value, f"{where} key {key!r}")
     return out
+
+
+def _same_kind(default: Any, value: Any, where: str) -> Any:
+    """``value`` in the type of the default it replaces (ints for ints, lists for lists, ...).
+
+    A wrong type is an error here, naming the key, rather than a traceback deep inside training.
+    ``None`` defaults take anything; an int is a fine float and an integral float a fine int.
+    """
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(default, bool) and isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        value = int(value) if ok else value
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float)
+        value = float(value) if ok else value
+    elif isinstance(default, list | tuple):
+        ok = isinstance(value, list | tuple)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ValueError(f"{where}: expected {type(default).__name__} like the default {default!r}, got {value!r}")
+    return value
 
 
 def config_hash(obj: Any) -> str:

@@ -39,6 +39,8 @@ import hashlib
 import json
 import os
 import shutil
+import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -176,10 +178,33 @@ def _load_valid(stem: Path, key: dict[str, Any]) -> np.ndarray | None:
         problem = f"unreadable ({type(exc).__name__}: {exc})"
     if problem is None:
         return array
-    warnings.warn(f"feature cache {stem.name[:16]}: {problem}; rebuilding", stacklevel=3)
+    warnings.warn(f"feature cache {stem.name[:16]}: {problem}; rebuilding", stacklevel=4)
     header_path.unlink(missing_ok=True)
     data_path.unlink(missing_ok=True)
     return None
+
+
+# --------------------------------------------------------------------------- timing
+
+
+_clock = threading.local()
+
+
+@contextlib.contextmanager
+def extraction_seconds() -> Iterator[list[float]]:
+    """Seconds spent in ``extract_features`` (computing or loading) inside the block: ``box[0]``.
+
+    The runner wraps a protocol in it, so records can say how much of ``protocol_s`` was
+    feature extraction (``timings["extract_s"]``). Nested blocks each see their own calls.
+    """
+    box, outer = [0.0], getattr(_clock, "box", None)
+    _clock.box = box
+    try:
+        yield box
+    finally:
+        _clock.box = outer
+        if outer is not None:
+            outer[0] += box[0]
 
 
 # --------------------------------------------------------------------------- extraction
@@ -280,6 +305,19 @@ def extract_features(encoder: Any, images: Any, preprocess: Preprocess, *, kind:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if "weights_sha256" not in cache_key:
         raise ValueError("cache_key must contain 'weights_sha256' (features of other weights must never be reused)")
+    started = time.perf_counter()
+    try:
+        return _cached(encoder, images, preprocess, kind=kind, batch_size=batch_size, device=device,
+                       cache_key=cache_key, cache_root=cache_root, progress=progress, chunk_rows=chunk_rows)
+    finally:
+        box = getattr(_clock, "box", None)
+        if box is not None:
+            box[0] += time.perf_counter() - started
+
+
+def _cached(encoder: Any, images: Any, preprocess: Preprocess, *, kind: str, batch_size: int, device: str,
+            cache_key: Mapping[str, Any], cache_root: str | Path | None, progress: bool,
+            chunk_rows: int) -> np.ndarray:
     key = _full_key(cache_key, preprocess, kind, len(images))
     digest = hashlib.sha256(_canonical(key).encode()).hexdigest()
     root = Path(cache_root) if cache_root is not None else default_cache_root()

@@ -71,12 +71,18 @@ def write_record(results_dir: str | Path, rec: dict[str, Any], predictions: dict
     if missing:
         raise ValueError(f"result record lacks key(s) {missing}")
     path = record_path(Path(results_dir), rec)
+    npz = path.with_suffix(".predictions.npz")
+    existed = npz.exists()
     if predictions:
-        npz = path.with_suffix(".predictions.npz")
         _atomic_write(npz, lambda fh: np.savez_compressed(fh, **predictions), ".npz.tmp")
         rec = {**rec, "predictions_file": npz.name}
     data = json.dumps(rec, indent=2, sort_keys=True, allow_nan=True).encode()
-    _atomic_write(path, lambda fh: fh.write(data), ".tmp")
+    try:
+        _atomic_write(path, lambda fh: fh.write(data), ".tmp")
+    except BaseException:
+        if predictions and not existed:  # no record, so no orphan predictions either (full disk, kill)
+            npz.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -138,6 +139,50 @@ def _from_rank0(obj: Any) -> Any:
     return box[0]
 
 
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _trusted_done(workdir: Path) -> dict[str, Any] | None:
+    """``done.json`` of a finished pretraining, or None when it is absent or cannot be trusted.
+
+    Trusted only when it parses and the checkpoint it names exists with the sha256 recorded
+    at the end of training. Otherwise (a truncated or bit-flipped ``final.pt``, a record
+    from before the hash was kept) the marker and the named file are removed with a
+    warning and the pretraining runs again, resuming from ``checkpoint.pt`` where that is
+    readable: a damaged cache is rebuilt, never loaded.
+    """
+    done = workdir / "done.json"
+    if not done.exists():
+        return None
+    why, named = "", None
+    try:
+        info = json.loads(done.read_text())
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        info, why = None, f"done.json does not parse ({exc})"
+    if info is not None and info.get("checkpoint"):
+        named = workdir / info["checkpoint"]
+        if not named.is_file():
+            why = f"{named.name} is missing"
+        elif not info.get("checkpoint_sha256"):
+            why = "done.json records no checkpoint_sha256"
+        elif _file_sha256(named) != info["checkpoint_sha256"]:
+            why = f"{named.name} does not match its recorded sha256 (corrupted)"
+    if not why:
+        return info
+    log.warning("pretraining cache %s: %s; training again", workdir, why)
+    done.unlink(missing_ok=True)
+    if named is not None and named.parent == workdir:
+        named.unlink(missing_ok=True)
+    return None
+
+
 def pretrained_checkpoint(method: Any, config: dict[str, Any], train: Any, device: str, progress: bool,
                           load_source: Any) -> tuple[Path | None, str, bool]:
     """The method's checkpoint for this (method, config, training data), from the cache or trained now.
@@ -152,7 +197,7 @@ def pretrained_checkpoint(method: Any, config: dict[str, Any], train: Any, devic
     # done.json, and tells the others: a lock per rank would deadlock two ranks against each other.
     rank, world_size = _process_group()
     with file_lock(workdir / ".lock") if rank == 0 else contextlib.nullcontext():
-        info = json.loads(done.read_text()) if rank == 0 and done.exists() else None
+        info = _trusted_done(workdir) if rank == 0 else None
         if world_size > 1:
             info = _from_rank0(info)
         if info is not None:
@@ -164,12 +209,48 @@ def pretrained_checkpoint(method: Any, config: dict[str, Any], train: Any, devic
         if rank != 0:
             return ckpt, key, False
         info = {"checkpoint": str(Path(ckpt).relative_to(workdir)) if ckpt else None,
+                "checkpoint_sha256": _file_sha256(Path(ckpt)) if ckpt else None,
                 "method": method.card.name, "config": config, "data_fingerprint": train.fingerprint,
                 "dataset": train.dataset, "n_images": len(train.frame)}
         tmp = done.with_suffix(".tmp")
         tmp.write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
         os.replace(tmp, done)
         return ckpt, key, False
+
+
+def determinism(device: str) -> dict[str, Any]:
+    """What a rerun with the same seed reproduces on ``device`` (stored in every record).
+
+    Seeded on every device: the cohort, splits and label-fraction subsets (sha256 of ids),
+    pretraining batches and augmentations (CPU generators keyed by seed and step), the
+    random encoder's init, the probe's and fine-tune's initialisation and the bootstrap.
+    On CPU the training loop runs under ``torch.use_deterministic_algorithms``, features
+    are float32 and a rerun gives bit-identical weights and metrics (tested: rerun, kill
+    and resume, debug vs local executor) on the same machine and package versions, with the
+    same torch thread count (recorded: float sums are split by thread, and a probe's
+    validation choice can turn a rounding difference into a different metric). On CUDA the
+    loop does not force deterministic algorithms (cuDNN autotuned convolutions and
+    atomic-add backward kernels sum in varying order) and training and feature extraction
+    run in bf16/fp16 autocast, so weights and metrics vary at the float-rounding level
+    between reruns and differ from CPU results.
+    """
+    import torch
+
+    cuda = str(device).startswith("cuda")
+    seeded = ["cohort, splits and label-fraction subsets", "pretraining batches and augmentations",
+              "model and probe initialisation", "bootstrap confidence intervals"]
+    return {
+        "bitwise_reproducible": not cuda,
+        "seeded": seeded,
+        "not_bitwise": (["pretraining and fine-tuning (cuDNN algorithm choice, atomic-add backward kernels, "
+                         "bf16/fp16 autocast)", "feature extraction (bf16 autocast)",
+                         "metrics computed from those (float-rounding differences)"] if cuda else []),
+        "scope": ("same seed, machine, torch thread count and package versions" if not cuda
+                  else "same seed gives the same cohort and sampling; numbers vary at float-rounding level"),
+        # CPU float sums split by thread: another count rounds differently, and a probe's validation
+        # choice (l2, thresholds) can turn that rounding into a different metric
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 @dataclass
@@ -255,7 +336,7 @@ def pretrain_only(req: RunRequest) -> Path | None:
 def execute(req: RunRequest) -> RunOutcome:
     """Run one (method, task, fraction, seed) and write its record. See the module docstring."""
     from harness.cohort import training_data
-    from harness.features import weights_sha256
+    from harness.features import extraction_seconds, weights_sha256
     from harness.protocols.base import EvalContext
 
     started = datetime.now(UTC)
@@ -285,8 +366,10 @@ def execute(req: RunRequest) -> RunOutcome:
                       fraction=req.fraction, seed=req.seed, profile=profile, device=device, workdir=workdir,
                       weights_sha256=sha, progress=req.progress)
     t = time.perf_counter()
-    result = protocol(ctx)
+    with extraction_seconds() as extract:
+        result = protocol(ctx)
     timings["protocol_s"] = time.perf_counter() - t
+    timings["extract_s"] = extract[0]  # the part of protocol_s spent in features.extract_features
     if task.main_metric not in result.metrics:
         raise RunError(f"protocol {task.protocol!r} did not produce the main metric {task.main_metric!r}")
 
@@ -310,8 +393,7 @@ def execute(req: RunRequest) -> RunOutcome:
         "pretrain": {"cache_key": pretrain_key, "cache_hit": cache_hit},
         "harness_version": harness.__version__, "git_commit": results.git_commit(),
         "packages": results.package_versions(), "device": device,
-        "determinism": ("bitwise on CPU for a seed; on CUDA, cuDNN and atomics make training and "
-                        "extraction non-deterministic at the float-rounding level"),
+        "determinism": determinism(device),
         "started_at": started.isoformat(timespec="seconds"),
         "wall_time_s": time.perf_counter() - t0, "timings": timings,
         "split_sha256": data.split_sha256, "weights_sha256": sha,

@@ -41,8 +41,10 @@ def identifiers(world: Path) -> set[str]:
     ids = set(meta["dicom_id"]) | set(meta["subject_id"]) | set(meta["study_id"])
     nih = (world / "nih14" / "Data_Entry_2017_v2020.csv").read_text().splitlines()[1:]
     ids |= {line.split(",")[0].removesuffix(".png") for line in nih}
+    ids |= {line.split(",")[0][:8] for line in nih if line}  # zero-padded NIH Patient IDs (00000001)
     chex = pd.read_csv(world / "chexpert" / "CheXpert-v1.0-small" / "train.csv", dtype=str)
     ids |= {p.split("/")[2] for p in chex["Path"]}  # patientNNNNN
+    ids |= {p.stem for p in (world / "openi").rglob("CXR*.png")}  # OpenI parentImage ids
     return ids
 
 
@@ -51,6 +53,9 @@ def report_sentences(world: Path) -> set[str]:
     for path in list((world / "mimic-cxr" / "files").rglob("s*.txt"))[:200]:
         text = " ".join(path.read_text().split())
         sentences |= {s.strip() for s in re.split(r"(?<=\.)\s", text) if len(s.strip()) > 30}
+    for path in sorted((world / "openi").rglob("*.xml"))[:100]:  # OpenI FINDINGS / IMPRESSION text
+        for part in re.findall(r'Label="(?:FINDINGS|IMPRESSION)"[^>]*>([^<]+)<', path.read_text()):
+            sentences |= {s.strip() for s in re.split(r"(?<=\.)\s", " ".join(part.split())) if len(s.strip()) > 30}
     return sentences
 
 
@@ -65,7 +70,7 @@ def npz_text(path: Path) -> str:
 def test_outputs_carry_no_identifiers_or_report_text(world, tmp_path):
     results, lb = tmp_path / "results", tmp_path / "lb"
     logs = []
-    for task in ("mimic-cls", "mimic-retrieval", "nih14-loc", "mimic-mm-cls"):
+    for task in ("mimic-cls", "mimic-retrieval", "nih14-loc", "mimic-mm-cls", "openi-retrieval"):
         out = cli("-v", "run", "--method", "random", "--task", task, "--profile", "smoke", "--data-root", str(world),
                   "--results", str(results), "--save-predictions")
         assert out.returncode == 0, out.stderr[-2000:]

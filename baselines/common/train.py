@@ -52,6 +52,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -245,11 +246,23 @@ class Trainer:
 
     def _resume_or_start(self, sampler: Any) -> None:
         path = self.workdir / CHECKPOINT
+        state = None
         if path.is_file():
-            self.load_state_dict(load_checkpoint(path), sampler)  # CPU: RNG states must stay CPU tensors
-            self._truncate_log()
+            try:
+                state = load_checkpoint(path)  # CPU: RNG states must stay CPU tensors
+            except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError...
+                # A damaged checkpoint (truncated copy, bad sector) is set aside, never trusted; an
+                # intact one of another run still raises in load_state_dict below.
+                aside = path.with_name(f"{CHECKPOINT}.corrupt")
+                if self.dist.is_main:
+                    os.replace(path, aside)
+                warnings.warn(f"{path}: unreadable checkpoint ({type(exc).__name__}); moved to {aside.name}, "
+                              "training from step 0", stacklevel=2)
+        if state is not None:
+            self.load_state_dict(state, sampler)
         else:
             seed_all(self.config.seed + self.dist.rank)
+        self._truncate_log()
 
     def _truncate_log(self) -> None:
         """Drop log lines written after the checkpoint we resume from (they will be redone)."""

@@ -126,7 +126,7 @@ def parse_labels(path: Path, frame: pd.DataFrame) -> dict[str, np.ndarray]:
 
 def _parse_age(path: Path, frame: pd.DataFrame) -> np.ndarray:
     age = pd.to_numeric(frame["Age"].replace("", np.nan), errors="coerce")
-    bad = (age.isna() & (frame["Age"] != "")) | (age < 0)
+    bad = (age.isna() & (frame["Age"] != "")) | (age < 0) | (age > 90)  # CheXpert writes 90+ as 90
     if bad.any():
         raise _bad_value(path, frame, bad, "Age", "years 0-90 or blank")
     return age.where(age != 0).to_numpy(dtype=float)  # 0 = unknown in CheXpert

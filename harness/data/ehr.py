@@ -93,6 +93,7 @@ GROUPS = {
 }
 VIEWS = ("PA", "LATERAL", "AP", "LL")
 ORIENTATIONS = ("Erect", "Recumbent")
+MAX_ANCHOR_AGE = 91  # MIMIC-IV shifts every anchor_age above 89 to 91: a larger value is a corrupt row
 AGE_MIN, AGE_MAX = 16.0, 100.0  # the paper's observed age range, used as min-max constants
 AGE_EDGES = {
     "bin5": (0.0, *np.arange(20.0, 91.0, 5.0), np.inf),   # 17 edges -> 16 bins
@@ -194,6 +195,11 @@ def _join_patients(out: pd.DataFrame, left: pd.DataFrame, path: Path, wanted: np
     dup = patients["subject_id"].duplicated()
     if dup.any():
         raise DataError(f"{path}:{int(np.flatnonzero(dup)[0]) + 2}: subject_id: duplicated subject")
+    impossible = ~patients["anchor_age"].between(0, MAX_ANCHOR_AGE).to_numpy()
+    if impossible.any():
+        i = int(np.flatnonzero(impossible)[0])
+        raise DataError(f"{path}:{i + 2}: anchor_age: value {int(patients['anchor_age'].iloc[i])} is not an age "
+                        f"(MIMIC-IV anchor ages are 0-{MAX_ANCHOR_AGE}; above 89 all read {MAX_ANCHOR_AGE})")
     patients = patients[patients["subject_id"].isin(wanted)].set_index("subject_id")
     found = patients.reindex(left["subject_id"].to_numpy())
     years = left["date"].dt.year.to_numpy(dtype=np.float64)

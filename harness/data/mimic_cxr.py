@@ -38,7 +38,8 @@ What ``load`` does, row by row (one row per image = per metadata row):
   ``skipped["image file missing"]`` (``check_files=False`` skips the 377k ``stat``
   calls, e.g. for metadata-only benchmarks);
 * report sections from ``sSTUDY.txt`` (``harness.data.reports``); a missing report
-  keeps the row with empty sections, counted (in images) as ``skipped["report missing"]``;
+  keeps the row with empty sections, counted (in images) as ``skipped["report missing"]``; an
+  empty (0-byte or blank) report file likewise, as ``skipped["report empty"]``;
 * MIMIC-IV ``ehr_*`` columns (``harness.data.ehr``) and ``age`` / ``sex`` from them,
   when MIMIC-IV is found (``<root>/mimiciv`` or ``ehr_root``);
 * extra columns: ``study_date``, ``study_datetime``, ``orientation``
@@ -224,14 +225,18 @@ def _read_radiologist_labels(jpg_root: Path) -> tuple[pd.DataFrame, list[str]]:
     return table, [n for n in CHEXPERT_14 if n not in table.columns]
 
 
-def _attach_reports(frame: pd.DataFrame, report_dirs: tuple[Path, ...]) -> int:
-    """Fill indication / findings / impression in place; returns the number of IMAGES without a report."""
+def _attach_reports(frame: pd.DataFrame, report_dirs: tuple[Path, ...]) -> tuple[int, int]:
+    """Fill indication / findings / impression in place.
+
+    Returns the numbers of IMAGES without a report file and with an empty one (no text at all:
+    a truncated copy; kept, with empty sections, and counted like a missing report).
+    """
     for col in ("indication", "findings", "impression"):
         frame[col] = ""
     if not report_dirs:
-        return len(frame)
+        return len(frame), 0
     studies = frame[["patient_id", "study_id"]].drop_duplicates()
-    found = {}
+    found, empty = {}, set()
     for patient, study in zip(studies["patient_id"], studies["study_id"], strict=True):
         relative = os.path.join(f"p{patient[:2]}", f"p{patient}", f"s{study}.txt")
         for base in report_dirs:
@@ -240,6 +245,8 @@ def _attach_reports(frame: pd.DataFrame, report_dirs: tuple[Path, ...]) -> int:
             except FileNotFoundError:
                 continue
             found[study] = (sections.indication, sections.findings, sections.impression)
+            if not any(text for _, text in sections.ordered):
+                empty.add(study)
             break
     if found:
         parts = pd.DataFrame.from_dict(found, orient="index",
@@ -247,7 +254,7 @@ def _attach_reports(frame: pd.DataFrame, report_dirs: tuple[Path, ...]) -> int:
         hit = frame["study_id"].isin(parts.index).to_numpy()
         for col in parts.columns:
             frame.loc[hit, col] = parts[col].reindex(frame.loc[hit, "study_id"]).to_numpy()
-    return int((~frame["study_id"].isin(found.keys())).sum())
+    return int((~frame["study_id"].isin(found.keys())).sum()), int(frame["study_id"].isin(empty).sum())
 
 
 class MimicCxrAdapter:
@@ -289,9 +296,11 @@ class MimicCxrAdapter:
             if not exists.all():
                 skipped["image file missing"] = int((~exists).sum())
                 frame = frame[exists].reset_index(drop=True)
-        missing_reports = _attach_reports(frame, layout.report_dirs)
+        missing_reports, empty_reports = _attach_reports(frame, layout.report_dirs)
         if missing_reports:
             skipped["report missing"] = missing_reports
+        if empty_reports:
+            skipped["report empty"] = empty_reports
         frame["age"], frame["sex"] = np.nan, ""
         if layout.ehr is not None:
             frame = join_ehr(frame, layout.ehr, from_edregtime=ehr_from_edregtime)

@@ -4,12 +4,20 @@
 bottom; each present with probability 1/2, noise elsewhere. Written on first
 use under ``$HARNESS_CACHE/mock/v2`` and read back like any other dataset, so the
 whole flow (cache, cohort, encoder, protocol, record) runs in seconds.
+
+Like every cache it is validated before use: ``manifest.json`` holds the sha256 of
+each file, and a folder whose files are missing, damaged or unlisted is rewritten
+(with a warning), never trusted.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +51,52 @@ def _write(root: Path) -> None:
             Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), mode="L").save(tmp / name)
             rows.append({"image_id": name, "patient_id": f"p{p:03d}", "Square": float(square), "Bar": float(bar)})
     pd.DataFrame(rows).to_csv(tmp / "labels.csv", index=False)
+    (tmp / MANIFEST).write_text(json.dumps(_digests(tmp), indent=0, sort_keys=True))
     try:
         os.replace(tmp, root)
     except OSError:  # another process won the race; its copy is identical
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+MANIFEST = "manifest.json"
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir())
+            if f.is_file() and f.name != MANIFEST}
+
+
+def _problem(root: Path) -> str:
+    """Why the mock folder cannot be trusted ("" when it can; "absent" when there is none)."""
+    if not root.is_dir():
+        return "absent"
+    try:
+        expected = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return f"{MANIFEST} missing or unreadable"
+    expected_files = N_PATIENTS * IMAGES_PER_PATIENT + 1  # the PNGs and labels.csv
+    if not isinstance(expected, dict) or len(expected) != expected_files:
+        return f"{MANIFEST} does not list the {expected_files} files"
+    actual = _digests(root)
+    bad = sorted(set(expected) ^ set(actual) | {n for n in expected if actual.get(n) != expected[n]})
+    return f"{len(bad)} file(s) missing, extra or changed (e.g. {bad[0]})" if bad else ""
+
+
+def _ensure(root: Path) -> None:
+    """Write the mock data unless a valid copy is there; rewrite a damaged copy."""
+    from harness.locking import file_lock
+
+    if not _problem(root):
+        return
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(root.parent / f".{root.name}.lock"):
+        why = _problem(root)
+        if not why:
+            return  # another process wrote it while we waited
+        if why != "absent":
+            warnings.warn(f"mock data {root}: {why}; rewriting it", stacklevel=3)
+            shutil.rmtree(root)
+        _write(root)
 
 
 class MockAdapter:
@@ -57,8 +105,7 @@ class MockAdapter:
 
     def load(self, root: Path | None = None, *, data_source: str = "synthetic", **_: object) -> Records:
         root = _root()
-        if not (root / "labels.csv").exists():
-            _write(root)
+        _ensure(root)
         df = pd.read_csv(root / "labels.csv", dtype={"image_id": str, "patient_id": str})
         frame = pd.DataFrame({
             "dataset": "mock", "image_id": df["image_id"], "patient_id": df["patient_id"],

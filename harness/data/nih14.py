@@ -56,6 +56,7 @@ from PIL import Image
 
 from harness.data.check import CheckReport
 from harness.data.schema import BASE_COLUMNS, NIH_14, DataError, DataSource, Records
+from harness.data.tables import utf8_error
 
 NAME = "nih14"
 INSTITUTION = "NIH-CC"
@@ -86,8 +87,11 @@ def _open_text(path: Path) -> TextIO:
 
 
 def _header_fields(path: Path) -> list[str]:
-    with _open_text(path) as f:
-        return next(csv.reader(f), [])
+    try:
+        with _open_text(path) as f:
+            return next(csv.reader(f), [])
+    except UnicodeDecodeError as err:
+        raise utf8_error(path) from err
 
 
 def _read_rows(path: Path, n_fields: int) -> pd.DataFrame:
@@ -100,14 +104,17 @@ def _read_rows(path: Path, n_fields: int) -> pd.DataFrame:
     rows, lines = [], []
     with _open_text(path) as f:
         reader = csv.reader(f)
-        next(reader, None)
-        for row in reader:
-            if not "".join(row).strip():
-                continue  # blank line
-            if len(row) < n_fields or any(cell.strip() for cell in row[n_fields:]):
-                raise DataError(f"{path}:{reader.line_num}: row: {len(row)} fields, expected {n_fields}")
-            rows.append([cell.strip() for cell in row[:n_fields]])
-            lines.append(reader.line_num)
+        try:
+            next(reader, None)
+            for row in reader:
+                if not "".join(row).strip():
+                    continue  # blank line
+                if len(row) < n_fields or any(cell.strip() for cell in row[n_fields:]):
+                    raise DataError(f"{path}:{reader.line_num}: row: {len(row)} fields, expected {n_fields}")
+                rows.append([cell.strip() for cell in row[:n_fields]])
+                lines.append(reader.line_num)
+        except UnicodeDecodeError as err:
+            raise utf8_error(path) from err
     frame = pd.DataFrame(rows, columns=[f"c{i}" for i in range(n_fields)], dtype=str)
     frame["_line"] = lines
     return frame
@@ -181,7 +188,11 @@ def _splits(folder: Path, image_ids: pd.Series, notes: list[str]) -> np.ndarray:
         if not path.is_file():
             notes.append(f"{name} not found: its images get no official split")
             continue
-        for line in path.read_text(encoding="utf-8-sig").splitlines():
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise utf8_error(path) from err
+        for line in text.splitlines():
             image = line.strip()
             if not image:
                 continue

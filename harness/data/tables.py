@@ -37,11 +37,34 @@ _READ_DTYPES = {"int": "int64", "float": "float64", "label": "float64",
                 "str": "str", "key": "str", "date": "str", "time": "str"}
 
 
+def utf8_error(path: Path) -> DataError:
+    """A DataError naming the first line of ``path`` (gzip or plain) that is not valid UTF-8.
+
+    The datasets' tables are ASCII/UTF-8; anything else is a corrupt copy, never decoded with
+    replacement characters (which would silently change ids or labels).
+    """
+    import gzip
+
+    try:
+        data = gzip.decompress(Path(path).read_bytes()) if str(path).endswith(".gz") else Path(path).read_bytes()
+    except (OSError, EOFError) as err:
+        return DataError(f"{path}: cannot read: {err}")
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            return DataError(f"{path}:{number}: encoding: byte {err.start} of the line is not valid UTF-8 "
+                             f"({err.reason}); the file is probably corrupt")
+    return DataError(f"{path}: encoding: not valid UTF-8")
+
+
 def header(path: Path) -> list[str]:
     """The column names of a CSV (gzip or plain), without reading its rows."""
     try:
         return list(pd.read_csv(path, nrows=0).columns)
-    except (OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError) as err:
+    except UnicodeDecodeError as err:
+        raise utf8_error(path) from err
+    except (OSError, EOFError, pd.errors.ParserError) as err:
         raise DataError(f"{path}: cannot read the header: {err}") from err
     except pd.errors.EmptyDataError as err:
         raise DataError(f"{path}: empty file") from err
@@ -68,6 +91,8 @@ def read_table(path: Path, columns: dict[str, str], *, optional: tuple[str, ...]
         frame = pd.read_csv(path, usecols=list(present), dtype=dtypes)
     except pd.errors.ParserError as err:  # ragged row: pandas' message names the line
         raise DataError(f"{path}: malformed CSV: {err}") from err
+    except UnicodeDecodeError as err:  # a ValueError too: catch it first (the raw re-read would fail alike)
+        raise utf8_error(path) from err
     except (ValueError, TypeError, OverflowError):
         frame = None  # some value did not parse: find which, below
     if frame is None:
