@@ -9,8 +9,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import timm
 import torch
 
+from baselines.common.backbones import VitBackbone
 from baselines.common.train import load_checkpoint
 from baselines.msn_ehr import MSNEHRMethod, MSNMethod
 from baselines.msn_ehr.losses import MSNLoss, me_max, sinkhorn
@@ -236,3 +238,59 @@ def test_profiles_have_image_size_and_seed():
             assert {"image_size", "seed"} <= set(profile)
         assert method.profiles["paper"]["mask_ratio"] == 0.15 and method.profiles["paper"]["num_prototypes"] == 1024
         assert method.profiles["small"]["num_prototypes"] == 256
+
+
+def shallow_vit():
+    # ViT-Tiny width, 2 blocks: enough to fit 8 images, fast enough for a 30-step test
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, in_chans=1, img_size=16,
+                            patch_size=8, depth=2, dynamic_img_size=True)
+    return VitBackbone("vit_tiny", vit, 1)
+
+
+def test_loss_decreases_on_a_tiny_set():
+    torch.manual_seed(0)
+    msn = MSN(shallow_vit, num_prototypes=8, momentum=0.9)
+    loss_fn = MSNLoss(sinkhorn_iterations=3)
+    optimizer = torch.optim.AdamW([p for p in msn.parameters() if p.requires_grad], lr=1e-3)
+    images = torch.randn(8, 1, 16, 16)
+    generator = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(30):
+        noise = 0.1 * torch.randn(3, *images.shape, generator=generator)  # three "views": image + a little noise
+        views = [images + noise[0], images + noise[1], images + noise[2]]
+        loss, _ = loss_fn(*msn(views, generator=generator))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        msn.momentum_update_target()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+
+
+@pytest.mark.parametrize(("groups", "age", "dim"), [
+    (["demographics"], "minmax", 3), (["demographics"], "bin5", 18), (["demographics"], "bin10", 11),
+    (["scan"], "minmax", 6), (["inpatient"], "minmax", 4), (["demographics", "scan", "inpatient"], "bin10", 21),
+])
+def test_ehr_groups_and_age_encodings_give_the_papers_widths(groups, age, dim):
+    from baselines.msn_ehr.config import EHRConfig
+    from baselines.msn_ehr.pretrain import ehr_features
+
+    features, keep, info = ehr_features(ehr_frame(12), EHRConfig(groups=tuple(groups), age_encoding=age,
+                                                                 impute="mode"))
+    assert features.shape == (12, dim) and info["dim"] == dim and len(keep) == 12
+    # the scan group needs no MIMIC-IV subject: only the patient groups count the two images without one
+    assert info["images_without_ehr"] == (0 if groups == ["scan"] else 2)
+
+
+def test_images_without_ehr_are_excluded_and_counted_when_asked(tmp_path):
+    method = MSNEHRMethod()
+    config = {**method.profiles["smoke"], "ehr": {**method.profiles["smoke"]["ehr"], "missing": "exclude"}}
+    data = training_data(16, config["image_size"], with_ehr=True)
+    final = method.pretrain(PretrainRequest(data=data, config=config, workdir=tmp_path, seed=0, device="cpu",
+                                            progress=False))
+    meta = load_checkpoint(final)["meta"]
+    assert meta["ehr"]["images_without_ehr"] == 2 and meta["ehr"]["images_excluded"] == 2
+    assert meta["ehr"]["images_used"] == 14 and meta["data"]["num_images_used"] == 14
+    run = json.loads((tmp_path / "run.json").read_text())  # the pretraining log records the counts too
+    assert run["meta"]["ehr"]["images_excluded"] == 2

@@ -4,7 +4,7 @@ Shurrab, Guerra-Manzanares, Shamout, "Multimodal masked siamese network improves
 chest X-ray representation learning", Sci Rep 2024 (specs/methods.md section 4;
 the recipe is the authors' code, github.com/nyuad-cai/CXR-EHR-MSN). Usage::
 
-    python -m harness run --method msn --task mimic-cls                      # small: ViT-Tiny/8 at 64 px, CPU
+    python -m harness run --method msn --task mimic-cls                      # small: ViT-Tiny/16 at 64 px, CPU
     python -m harness run --method msn-ehr --task mimic-cls                  # + all three EHR groups (13 features)
     python -m harness run --method msn-ehr --task mimic-cls --set 'ehr.groups=[demographics]'
     python -m harness run --method msn-ehr --task mimic-cls --set ehr.groups=[inpatient] --set ehr.age_encoding=bin5

@@ -150,7 +150,7 @@ def pretrain(request: PretrainRequest, cfg: MSNConfig, card: dict[str, Any]) -> 
     model = build_model(cfg, ehr.shape[1] if ehr is not None else 0)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = warmup_cosine(optimizer, steps)  # cosine to 0 (the code: per epoch, T_max = epochs)
+    scheduler = warmup_cosine(optimizer, steps, cfg.warmup_steps)  # cosine to 0 (the code: per epoch)
     loss_fn = MSNLoss(cfg.temperature, cfg.sharpen_temperature, cfg.sinkhorn_iterations, cfg.me_max_weight)
 
     sampler = StepSampler(len(images), cfg.batch_size // info.world_size, seed=request.seed, rank=info.rank,
