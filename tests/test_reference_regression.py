@@ -27,11 +27,7 @@ def test_reference_file_is_synthetic_with_measured_tolerances():
 
 # Methods whose numbers are NOT reproducible across processes, with the cause. Each FAIL of theirs
 # is tolerated (and must still run); remove the entry when the cause is fixed. Found by this test.
-KNOWN_NONDETERMINISTIC = {
-    "region-word": "baselines/common/text.py train_wordpiece: the tokenizers WordPiece trainer assigns "
-                   "token ids of equal-frequency words differently in every process",
-    "mlm-mvm": "same tokenizer (baselines/common/text.py train_wordpiece)",
-}
+KNOWN_NONDETERMINISTIC: dict[str, str] = {}  # region-word / mlm-mvm were here until the WordPiece fix
 
 
 @pytest.mark.slow
