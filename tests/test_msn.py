@@ -237,7 +237,7 @@ def test_profiles_have_image_size_and_seed():
         for profile in method.profiles.values():
             assert {"image_size", "seed"} <= set(profile)
         assert method.profiles["paper"]["mask_ratio"] == 0.15 and method.profiles["paper"]["num_prototypes"] == 1024
-        assert method.profiles["small"]["num_prototypes"] == 256
+        assert method.profiles["small"]["num_prototypes"] == 64 and method.profiles["small"]["patch_size"] == 8
 
 
 def shallow_vit():

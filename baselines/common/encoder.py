@@ -24,6 +24,18 @@ from harness.methods import IMAGENET_MEAN, IMAGENET_STD, MethodCard, Preprocess
 GREY_IMAGENET_MEAN, GREY_IMAGENET_STD = (0.449,), (0.226,)
 
 
+def card_meta(card: MethodCard) -> dict:
+    """The card as plain data for a checkpoint's ``meta`` (self-describing checkpoints)."""
+    import dataclasses
+
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return list(map(plain, value)) if isinstance(value, (list, tuple)) else value
+
+    return plain(dataclasses.asdict(card))
+
+
 def imagenet_preprocess(image_size: int, channels: int = 3) -> Preprocess:
     """ImageNet normalisation for ``channels`` 3 (grey repeated) or 1 (grey stem)."""
     if channels == 3:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.common.config import from_dict
+from baselines.common.encoder import card_meta
 from baselines.common.text import TOKENIZER_FILE, TextTokenizer
 from baselines.common.train import load_checkpoint
 from baselines.mlm_mvm.config import PROFILES, MLMMVMConfig
@@ -105,7 +106,7 @@ class MLMMVMMethod:
         from baselines.mlm_mvm.pretrain import pretrain
 
         cfg = from_dict(MLMMVMConfig, request.config, what="mlm-mvm config")
-        return pretrain(request, cfg, card=_card_dict(card_for(cfg)))
+        return pretrain(request, cfg, card=card_meta(card_for(cfg)))
 
     def load(self, checkpoint: Path | None, config: dict[str, Any]) -> MLMMVMEncoder:
         cfg = from_dict(MLMMVMConfig, config, what="mlm-mvm config")
@@ -117,11 +118,3 @@ class MLMMVMMethod:
         model = MLMMVMModel(cfg, tokenizer.vocab_size, tokenizer.pad_id)
         model.load_state_dict(state)
         return MLMMVMEncoder(model, tokenizer, card_for(cfg)).eval()
-
-
-def _card_dict(card: MethodCard) -> dict[str, Any]:
-    """The card as plain data for the checkpoint's ``meta`` (self-describing checkpoints)."""
-    return {"name": card.name, "paper": card.paper, "pretraining_data": list(card.pretraining_data),
-            "capabilities": list(card.capabilities), "notes": card.notes,
-            "preprocess": {"image_size": card.preprocess.image_size, "channels": card.preprocess.channels,
-                           "mean": list(card.preprocess.mean), "std": list(card.preprocess.std)}}

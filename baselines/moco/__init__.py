@@ -20,7 +20,7 @@ from typing import Any
 
 from baselines.common.backbones import build_backbone
 from baselines.common.config import from_dict
-from baselines.common.encoder import BackboneEncoder, imagenet_preprocess
+from baselines.common.encoder import BackboneEncoder, card_meta, imagenet_preprocess
 from baselines.common.train import load_checkpoint
 from baselines.moco.config import PROFILES, MoCoConfig
 from harness.methods import MethodCard, PretrainRequest
@@ -54,7 +54,7 @@ class MoCoMethod:
         from baselines.moco.pretrain import pretrain
 
         cfg = from_dict(MoCoConfig, request.config, what="moco config")
-        return pretrain(request, cfg, card=_card_dict(card_for(cfg)))
+        return pretrain(request, cfg, card=card_meta(card_for(cfg)))
 
     def load(self, checkpoint: Path | None, config: dict[str, Any]) -> BackboneEncoder:
         cfg = from_dict(MoCoConfig, config, what="moco config")
@@ -68,11 +68,3 @@ class MoCoMethod:
         backbone = build_backbone(cfg.backbone, in_chans=3, image_size=cfg.image_size)
         backbone.load_state_dict(weights)
         return BackboneEncoder(backbone, card_for(cfg)).eval()
-
-
-def _card_dict(card: MethodCard) -> dict[str, Any]:
-    """The card as plain data for the checkpoint's ``meta`` (self-describing checkpoints)."""
-    return {"name": card.name, "paper": card.paper, "pretraining_data": list(card.pretraining_data),
-            "notes": card.notes, "preprocess": {"image_size": card.preprocess.image_size,
-                                                "channels": card.preprocess.channels,
-                                                "mean": list(card.preprocess.mean), "std": list(card.preprocess.std)}}

@@ -4,7 +4,7 @@ Shurrab, Guerra-Manzanares, Shamout, "Multimodal masked siamese network improves
 chest X-ray representation learning", Sci Rep 2024 (specs/methods.md section 4;
 the recipe is the authors' code, github.com/nyuad-cai/CXR-EHR-MSN). Usage::
 
-    python -m harness run --method msn --task mimic-cls                      # small: ViT-Tiny/16 at 64 px, CPU
+    python -m harness run --method msn --task mimic-cls                      # small: ViT-Tiny/8 at 64 px, CPU
     python -m harness run --method msn-ehr --task mimic-cls                  # + all three EHR groups (13 features)
     python -m harness run --method msn-ehr --task mimic-cls --set 'ehr.groups=[demographics]'
     python -m harness run --method msn-ehr --task mimic-cls --set ehr.groups=[inpatient] --set ehr.age_encoding=bin5
@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from baselines.common.encoder import BackboneEncoder, imagenet_preprocess
+from baselines.common.encoder import BackboneEncoder, card_meta, imagenet_preprocess
 from baselines.common.train import load_checkpoint
 from baselines.msn_ehr.config import (
     MSN_EHR_PROFILES,
@@ -67,7 +67,9 @@ class MSNMethod:
         return build_config(self.config_class, values, what=f"{self.name} config")
 
     def card_for(self, cfg: MSNConfig) -> MethodCard:
-        model = f"{cfg.backbone} (patch {cfg.patch_size}, {cfg.num_heads} heads) at {cfg.image_size} px"
+        model = (f"{cfg.backbone} (patch {cfg.patch_size}, {cfg.num_heads} heads) at {cfg.image_size} px, "
+                 f"K {cfg.num_prototypes}, T {cfg.temperature} / sharpen {cfg.sharpen_temperature}, "
+                 f"1 + {cfg.num_focal_views} anchor views")
         ehr = ""
         if isinstance(cfg, MSNEHRConfig):
             ehr = (f"; EHR {'+'.join(cfg.ehr.groups)} (age {cfg.ehr.age_encoding}, missing EHR "
@@ -80,7 +82,7 @@ class MSNMethod:
         from baselines.msn_ehr.pretrain import pretrain
 
         cfg = self.config(request.config)
-        return pretrain(request, cfg, card=_card_dict(self.card_for(cfg)))
+        return pretrain(request, cfg, card=card_meta(self.card_for(cfg)))
 
     def load(self, checkpoint: Path | None, config: dict[str, Any]) -> BackboneEncoder:
         """The target (EMA) ViT of ``checkpoint`` as an image + region encoder."""
@@ -104,11 +106,3 @@ class MSNEHRMethod(MSNMethod):
     name = "msn-ehr"
     config_class = MSNEHRConfig
     profiles = MSN_EHR_PROFILES
-
-
-def _card_dict(card: MethodCard) -> dict[str, Any]:
-    """The card as plain data for the checkpoint's ``meta`` (self-describing checkpoints)."""
-    return {"name": card.name, "paper": card.paper, "pretraining_data": list(card.pretraining_data),
-            "notes": card.notes, "preprocess": {"image_size": card.preprocess.image_size,
-                                                "channels": card.preprocess.channels,
-                                                "mean": list(card.preprocess.mean), "std": list(card.preprocess.std)}}

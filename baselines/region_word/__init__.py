@@ -25,7 +25,7 @@ from torch import nn
 
 from baselines.common.backbones import build_backbone
 from baselines.common.config import from_dict
-from baselines.common.encoder import imagenet_preprocess
+from baselines.common.encoder import card_meta, imagenet_preprocess
 from baselines.common.text import TOKENIZER_FILE, TextTokenizer, pretrained_tokenizer
 from baselines.common.train import load_checkpoint
 from baselines.region_word.config import PROFILES, RegionWordConfig
@@ -108,7 +108,7 @@ class RegionWordMethod:
         from baselines.region_word.pretrain import pretrain
 
         cfg = from_dict(RegionWordConfig, request.config, what="region-word config")
-        return pretrain(request, cfg, card=_card_dict(card_for(cfg)))
+        return pretrain(request, cfg, card=card_meta(card_for(cfg)))
 
     def load(self, checkpoint: Path | None, config: dict[str, Any]) -> RegionWordEncoder:
         from baselines.region_word.pretrain import build_model
@@ -124,11 +124,3 @@ class RegionWordMethod:
         model = build_model(cfg, tokenizer, pretrained_text=False, backbone=backbone)
         model.load_state_dict(state)
         return RegionWordEncoder(model, tokenizer, card_for(cfg)).eval()
-
-
-def _card_dict(card: MethodCard) -> dict[str, Any]:
-    """The card as plain data for the checkpoint's ``meta`` (self-describing checkpoints)."""
-    return {"name": card.name, "paper": card.paper, "pretraining_data": list(card.pretraining_data),
-            "capabilities": list(card.capabilities), "notes": card.notes,
-            "preprocess": {"image_size": card.preprocess.image_size, "channels": card.preprocess.channels,
-                           "mean": list(card.preprocess.mean), "std": list(card.preprocess.std)}}
