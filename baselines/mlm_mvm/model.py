@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baselines.common import distributed
 from baselines.common.text import IGNORE_INDEX, MLMHead
 from baselines.mlm_mvm import losses
 from baselines.mlm_mvm.config import MLMMVMConfig
@@ -134,6 +135,18 @@ class MLMMVMModel(nn.Module):
         selected = labels != IGNORE_INDEX  # (B, T); the vocabulary head runs on these positions only
         return losses.masked_language_loss(self.mlm_head(text_out[selected]), labels[selected])
 
+    def image_report_alignment(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                               ) -> torch.Tensor:
+        """The contrastive term on separately encoded pairs, with the GLOBAL batch's negatives.
+
+        Under DDP every rank gathers all ranks' ``(B/W, E)`` vectors (with gradient) and scores
+        the whole ``(B, B)`` matrix: its loss is one process's, the gather's backward sums the
+        ranks' gradients for each rank's rows and DDP averages them, so the gradients are too.
+        """
+        image_vectors = distributed.all_gather_with_grad(self.image_vector(images))  # (B, E)
+        report_vectors = distributed.all_gather_with_grad(self.report_vector(input_ids, attention_mask))  # (B, E)
+        return losses.image_report_contrastive_loss(image_vectors, report_vectors, self.cfg.temperature)
+
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The loss terms of one mixed step (one ``forward``, so DDP sees a single pass).
 
@@ -149,9 +162,7 @@ class MLMMVMModel(nn.Module):
             terms["mvm_paired"] = self.masked_vision_modelling(image_out, pair["images"], pair["patch_mask"])
             terms["mlm_paired"] = self.masked_language_modelling(text_out, pair["mlm_labels"])
             if self.aligned:
-                terms["itc"] = losses.image_report_contrastive_loss(
-                    self.image_vector(pair["images"]), self.report_vector(pair["input_ids"], pair["attention_mask"]),
-                    self.cfg.temperature)
+                terms["itc"] = self.image_report_alignment(pair["images"], pair["input_ids"], pair["attention_mask"])
         if (part := batch.get("images")) is not None:
             image_out, _ = self.encode(self.embed_image(part["images"], part["patch_mask"]), None)
             terms["mvm_image"] = self.masked_vision_modelling(image_out, part["images"], part["patch_mask"])

@@ -5,6 +5,13 @@ paired rows, image-only rows and text-only reports as ``mixing`` says (counts go
 to the checkpoint meta); (2) a WordPiece tokenizer on every report used, saved as
 ``workdir/tokenizer.json``; (3) every step draws each non-empty part with its own
 sampler, its size proportional to the part's share of the data; (4) ``Trainer.fit``.
+
+Under DDP each part's sampler gives every rank its slice of the global batch; the
+contrastive term's negatives are the global batch's paired studies
+(``MLMMVMModel.image_report_alignment`` gathers them). What stays per rank, as in any
+data-parallel run: augmentations and MVM / MLM masks (drawn from the rank's own
+stream), dropout, and the MVM / MLM losses (means over the rank's hidden patches and
+masked tokens, then averaged over ranks).
 """
 
 from __future__ import annotations

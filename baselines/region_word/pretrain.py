@@ -7,6 +7,18 @@ tokenizer trained on those reports and saved as ``workdir/tokenizer.json`` (or
 MiniLM's); (3) the model and one AdamW with an image and a text parameter group
 (the paper's two AdamW optimisers, same settings); (4) ``Trainer.fit`` with the
 summed losses. Resumable and DDP-ready like every baseline.
+
+Under DDP (W processes, global batch B = W x B/W) the in-batch negatives are the
+GLOBAL batch, as on one process: ``gather_pairs`` collects every rank's image and
+text features (with gradient) and every rank scores all B x B pairs. Each rank's
+ITM loss is then the one-process loss itself; the gather's backward sums the W
+ranks' gradients for each rank's own rows and DDP averages over the W ranks, so the
+parameter gradients equal one process's. The randomness of those terms is drawn
+for the global batch from rank 0's streams (triplet negatives; MLM masks, each rank
+keeping its rows), so it is one process's too. What still differs by rank, by
+design of data-parallel training: the image augmentation (each rank augments only
+the images it loads), BatchNorm statistics (per rank), dropout, and the MLM loss
+(a mean over each rank's masked tokens, then over ranks).
 """
 
 from __future__ import annotations
@@ -90,31 +102,67 @@ class _Rows:
 
 
 class PairBatches:
-    """A Trainer batch function: one augmented view per image, its report's tokens, and an MLM-masked copy."""
+    """A Trainer batch function: one augmented view per image, its report's tokens, and an MLM-masked copy.
 
-    def __init__(self, views: ViewBatches, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 tokenizer: TextTokenizer, mlm_probability: float) -> None:
-        self.views, self.input_ids, self.attention_mask = views, input_ids, attention_mask
+    The images are this rank's (``views`` holds the rank-aware sampler). The reports are
+    tokenised for the step's GLOBAL batch (``global_sampler``: the same stream seen by one
+    process) and this rank keeps its rows: so every rank trims to the same length (the
+    word features are gathered across ranks) and the MLM masks, drawn from rank 0's
+    stream, are the ones one process would draw.
+    """
+
+    def __init__(self, views: ViewBatches, global_sampler: StepSampler, input_ids: torch.Tensor,
+                 attention_mask: torch.Tensor, tokenizer: TextTokenizer, mlm_probability: float) -> None:
+        self.views, self.global_sampler = views, global_sampler
+        self.input_ids, self.attention_mask = input_ids, attention_mask
         self.tokenizer, self.mlm_probability = tokenizer, mlm_probability
 
     def __call__(self, ctx: StepContext) -> dict[str, Any]:
         batch = self.views(ctx)
-        idx = batch["indices"]
-        mask = self.attention_mask[idx]
-        length = int(mask.sum(1).max())  # trim the padding this batch does not need
-        ids, mask = self.input_ids[idx, :length], mask[:, :length]
-        masked, labels = mlm_mask(ids, mask, self.tokenizer, generator=ctx.generator(1),
+        idx = batch["indices"]  # (B/W,) this rank's rows of the global batch
+        every = torch.from_numpy(self.global_sampler.indices(ctx.step))  # (B,) all ranks' rows, in rank order
+        mine = slice(ctx.rank * len(idx), (ctx.rank + 1) * len(idx))
+        if not torch.equal(every[mine], idx):
+            raise RuntimeError(f"region-word: rank {ctx.rank}'s sampler disagrees with the global batch at step "
+                               f"{ctx.step}")
+        mask = self.attention_mask[every]
+        length = int(mask.sum(1).max())  # trim the padding no report of the global batch needs
+        ids, mask = self.input_ids[every, :length], mask[:, :length]
+        masked, labels = mlm_mask(ids, mask, self.tokenizer, generator=step_generator(ctx.seed, ctx.step, 0, 1),
                                   probability=self.mlm_probability)
-        return {"images": batch["views"][0], "input_ids": ids, "attention_mask": mask, "mlm_ids": masked,
-                "mlm_labels": labels}
+        return {"images": batch["views"][0], "input_ids": ids[mine], "attention_mask": mask[mine],
+                "mlm_ids": masked[mine], "mlm_labels": labels[mine]}
+
+
+def gather_pairs(*features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every rank's ``(B/W, ...)`` features -> ``(B, ...)`` in rank order, with gradient (identity on one process).
+
+    The one place region-word talks to other processes: the matching losses then see the
+    global batch's negatives (see the module docstring for why the gradients are exact).
+    """
+    return tuple(distributed.all_gather_with_grad(f) for f in features)
 
 
 def region_word_losses(model: torch.nn.Module, batch: dict, cfg: RegionWordConfig, generator: torch.Generator
                        ) -> dict[str, torch.Tensor]:
-    """Every loss term of one batch (unweighted), named as in the paper's trainer; ``model`` may be DDP."""
+    """Every loss term of one batch (unweighted), named as in the paper's trainer; ``model`` may be DDP.
+
+    Under DDP ``generator`` must be the same on every rank (it draws the global batch's triplet negatives).
+    """
     image_global, regions, sentence, words, mlm_logits = model(batch["images"], batch["input_ids"],
                                                                batch["attention_mask"], batch["mlm_ids"])
-    words_used = word_mask(batch["attention_mask"])
+    out = matching_losses(image_global, regions, sentence, words, batch["attention_mask"], cfg, generator)
+    out["mlm"] = losses.mlm_loss(mlm_logits, batch["mlm_labels"])
+    return out
+
+
+def matching_losses(image_global: torch.Tensor, regions: torch.Tensor, sentence: torch.Tensor, words: torch.Tensor,
+                    attention_mask: torch.Tensor, cfg: RegionWordConfig, generator: torch.Generator
+                    ) -> dict[str, torch.Tensor]:
+    """The ITM terms (sentence and word-region CE, triplets) of the GLOBAL batch: this rank's ``(B/W, ...)``
+    features are gathered with every other rank's, so the negatives are those one process would see."""
+    image_global, regions, sentence, words = gather_pairs(image_global, regions, sentence, words)
+    words_used = word_mask(distributed.concat_all_gather(attention_mask))  # (B, L)
     sent_logits = losses.sentence_logits(image_global, sentence, cfg.gamma3)  # (B_img, B_txt)
     word_scores = losses.word_region_scores(words, words_used, regions, cfg.gamma1, cfg.gamma2).T  # (B_img, B_txt)
     n = sent_logits.shape[0]
@@ -125,7 +173,6 @@ def region_word_losses(model: torch.nn.Module, batch: dict, cfg: RegionWordConfi
     out["trip_sent_img"], out["trip_sent_txt"] = losses.triplet_from_similarity(sent_logits / cfg.gamma3, negatives,
                                                                                cfg.margin)
     out["trip_word_img"], out["trip_word_txt"] = losses.triplet_from_similarity(word_scores, negatives, cfg.margin)
-    out["mlm"] = losses.mlm_loss(mlm_logits, batch["mlm_labels"])
     out["i2t_top1"] = (sent_logits.argmax(1) == torch.arange(n, device=sent_logits.device)).float().mean()
     return out
 
@@ -188,7 +235,8 @@ def pretrain(request: PretrainRequest, cfg: RegionWordConfig, card: dict) -> Pat
                          contrast=cfg.contrast)  # no flip: reports name the side ("left pleural effusion")
     views = ViewBatches(_Rows(data.images, rows), sampler, (view,), imagenet_preprocess(cfg.image_size, 3),
                         device=request.device)
-    batches = PairBatches(views, input_ids, attention_mask, tokenizer, cfg.mlm_probability)
+    global_sampler = StepSampler(len(rows), cfg.batch_size, seed=request.seed)  # one process's view of the stream
+    batches = PairBatches(views, global_sampler, input_ids, attention_mask, tokenizer, cfg.mlm_probability)
 
     train_cfg = TrainConfig(steps=steps, seed=request.seed, device=request.device, grad_clip=cfg.grad_clip,
                             checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, amp=cfg.amp,
@@ -201,7 +249,8 @@ def pretrain(request: PretrainRequest, cfg: RegionWordConfig, card: dict) -> Pat
                      "skipped_no_text": int(len(data.images) - len(rows))}}
 
     def step(model: torch.nn.Module, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict]:
-        terms = region_word_losses(model, batch, cfg, ctx.generator(2))
+        # rank 0's stream on every rank: the triplet negatives of the global batch are one process's
+        terms = region_word_losses(model, batch, cfg, step_generator(ctx.seed, ctx.step, 0, 2))
         itm_step = is_itm_step(cfg, ctx.seed, ctx.step)
         logged = {k: v.detach() for k, v in terms.items()}
         if itm_step is not None:
