@@ -45,6 +45,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="default: small on synthetic data, paper on real data")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method config key (dotted, YAML value); repeatable")
+    from harness.runner import add_pretrain_on_argument
+
+    add_pretrain_on_argument(p)
     _add_common(p)
     p.add_argument("--save-predictions", action="store_true",
                    help="write per-sample scores/targets (no text, no identifiers) next to the record")
@@ -237,7 +240,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     req = RunRequest(method=args.method, task=args.task, fraction=args.fraction, seed=args.seed,
                      profile=args.profile, data_root=args.data_root, results_dir=args.results,
                      overrides=args.overrides, save_predictions=args.save_predictions, device=args.device,
-                     progress=not args.quiet, tasks_dir=args.tasks_dir)
+                     progress=not args.quiet, tasks_dir=args.tasks_dir, pretrain_on=args.pretrain_on)
     if getattr(args, "executor", "debug") != "debug":
         from harness import dispatch
 

@@ -39,6 +39,9 @@ def _fmt(values: list[float]) -> str:
 
 def _row_name(rec: dict[str, Any], methods_weights: dict[str, set[str]]) -> str:
     name = rec["method"]
+    pretrained_on = (rec.get("pretrain") or {}).get("dataset")
+    if pretrained_on and pretrained_on != rec.get("dataset"):
+        name += f" (pretrained on {pretrained_on})"
     if len(methods_weights[name]) > 1:
         name += f" [{rec['weights_sha256'][:8]}]"
     return name

@@ -55,6 +55,15 @@ class RunRequest:
     tasks_dir: str | None = None
     # a submitted encoder (harness.submit.submission_spec): re-registered in whatever process runs this
     submission: str | None = None
+    # pretrain on this dataset's TRAINING split instead of the task's (--pretrain-on); None: the task's
+    pretrain_on: str | None = None
+
+
+def add_pretrain_on_argument(parser: Any) -> None:
+    """``--pretrain-on DATASET`` for ``run`` and ``sweep`` (an ``argparse`` parser)."""
+    parser.add_argument("--pretrain-on", default=None, metavar="DATASET",
+                        help="pretrain on this dataset's training split instead of the task's (e.g. mimic-cxr, "
+                             "as MSN+EHR does before probing NIH-14); see `harness ls datasets`")
 
 
 @dataclass
@@ -266,6 +275,20 @@ class Prepared:
     data: Any  # harness.cohort.TaskData
     load_source: Any  # Callable[[str], TrainingData]: other datasets' training rows
     timings: dict[str, float]
+    pretrain_on: str | None = None  # another dataset to pretrain on (validated), None: the task's
+
+    def pretraining_data(self) -> Any:
+        """The rows the method pretrains on: the task's training split, or ``pretrain_on``'s.
+
+        Published protocols often pretrain on one dataset and probe on another (MSN+EHR
+        pretrains on MIMIC-CXR with its EHR, then probes NIH-14 and CheXpert). Either way only
+        a TRAINING split is offered, in the task's views; evaluation images are never seen.
+        """
+        from harness.cohort import training_data
+
+        if self.pretrain_on is None:
+            return training_data(self.data)
+        return self.load_source(self.pretrain_on, views=self.task.views)
 
 
 def prepare(req: RunRequest) -> Prepared:
@@ -289,6 +312,10 @@ def prepare(req: RunRequest) -> Prepared:
     if missing:
         raise RunError(f"method {req.method!r} lacks capability {missing} required by task {task.name!r}")
 
+    pretrain_on = req.pretrain_on if req.pretrain_on != task.dataset else None
+    if pretrain_on is not None and pretrain_on not in DATASETS:
+        raise RunError(f"--pretrain-on {pretrain_on!r}: unknown dataset; choose from {sorted(DATASETS.names())}")
+
     needs_root = any(getattr(DATASETS.get(d), "needs_data_root", True) for d in (task.dataset, task.eval_dataset) if d)
     data_root = resolve_data_root(req.data_root) if needs_root else _SelfContained()
     profile = req.profile or ("small" if data_root.data_source == "synthetic" else "paper")
@@ -307,15 +334,15 @@ def prepare(req: RunRequest) -> Prepared:
                            progress=req.progress)
     timings["data_s"] = time.perf_counter() - t
 
-    def load_source(name: str) -> Any:  # other datasets' TRAINING rows, for mixed pretraining
+    def load_source(name: str, views: tuple[str, ...] | None = None) -> Any:  # other datasets' TRAINING rows
         other = load_records(name, data_root)
-        other_task = dataclasses.replace(task, dataset=name, eval_dataset=None, labels=(), views=None,
+        other_task = dataclasses.replace(task, dataset=name, eval_dataset=None, labels=(), views=views,
                                          split=dataclasses.replace(task.split, method="patient-hash")
                                          if (other.frame["split"] == "").any() else task.split)
         return training_data(build_task_data(other_task, other, int(config["image_size"]), progress=req.progress))
 
     return Prepared(task=task, method=method, protocol=protocol, profile=profile, config=config, device=device,
-                    data=data, load_source=load_source, timings=timings)
+                    data=data, load_source=load_source, timings=timings, pretrain_on=pretrain_on)
 
 
 def pretrain_only(req: RunRequest) -> Path | None:
@@ -325,17 +352,15 @@ def pretrain_only(req: RunRequest) -> Path | None:
     share it. Returns the checkpoint (None for methods that do not pretrain). Resumable: a
     killed or requeued call trains on from the checkpoints in the pretraining workdir.
     """
-    from harness.cohort import training_data
 
     p = prepare(req)
-    ckpt, _, _ = pretrained_checkpoint(p.method, p.config, training_data(p.data), p.device, req.progress,
+    ckpt, _, _ = pretrained_checkpoint(p.method, p.config, p.pretraining_data(), p.device, req.progress,
                                        p.load_source)
     return ckpt
 
 
 def execute(req: RunRequest) -> RunOutcome:
     """Run one (method, task, fraction, seed) and write its record. See the module docstring."""
-    from harness.cohort import training_data
     from harness.features import extraction_seconds, weights_sha256
     from harness.protocols.base import EvalContext
 
@@ -347,8 +372,8 @@ def execute(req: RunRequest) -> RunOutcome:
     timings, load_source = p.timings, p.load_source
 
     t = time.perf_counter()
-    ckpt, pretrain_key, cache_hit = pretrained_checkpoint(method, config, training_data(data), device,
-                                                          req.progress, load_source)
+    train = p.pretraining_data()
+    ckpt, pretrain_key, cache_hit = pretrained_checkpoint(method, config, train, device, req.progress, load_source)
     timings["pretrain_s"] = time.perf_counter() - t
     encoder = method.load(ckpt, config)
     lacking = missing_capabilities(encoder, task.requires)
@@ -390,7 +415,8 @@ def execute(req: RunRequest) -> RunOutcome:
         "details": result.details,
         "n": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
         "skipped": data.skipped,
-        "pretrain": {"cache_key": pretrain_key, "cache_hit": cache_hit},
+        # dataset: whose training split was offered for pretraining (the task's unless --pretrain-on)
+        "pretrain": {"cache_key": pretrain_key, "cache_hit": cache_hit, "dataset": train.dataset},
         "harness_version": harness.__version__, "git_commit": results.git_commit(),
         "packages": results.package_versions(), "device": device,
         "determinism": determinism(device),

@@ -32,7 +32,7 @@ from typing import Any
 
 from harness import dispatch
 from harness.config import config_hash
-from harness.runner import RunError, RunRequest
+from harness.runner import RunError, RunRequest, add_pretrain_on_argument
 
 STATUSES = ("done", "failed", "skipped")
 
@@ -58,6 +58,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: small on synthetic data, paper on real data")
     parser.add_argument("--skip-existing", action=argparse.BooleanOptionalAction, default=True,
                         help="skip runs whose record exists (see `harness.sweep` for the criterion)")
+    add_pretrain_on_argument(parser)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set",
                         help="method config override for every run, e.g. --set epochs=5 (repeatable)")
     parser.add_argument("--data-root", default=None, help="datasets in their original layouts "
@@ -88,7 +89,8 @@ def _identity(req: RunRequest, task: Any, profile: str, config: dict[str, Any], 
     """What a record must match for its cell to be skipped (see the module docstring)."""
     return {"method": req.method, "task": task.name, "task_version": task.version, "fraction": req.fraction,
             "seed": req.seed, "profile": profile, "data_source": data_source,
-            "config_method": config_hash(config), "protocol_args": config_hash(task.args_for(profile))}
+            "config_method": config_hash(config), "protocol_args": config_hash(task.args_for(profile)),
+            "pretrain_dataset": req.pretrain_on or task.dataset}
 
 
 def _record_identity(rec: dict[str, Any]) -> dict:
@@ -96,7 +98,8 @@ def _record_identity(rec: dict[str, Any]) -> dict:
     return {"method": rec.get("method"), "task": rec.get("task"), "task_version": rec.get("task_version"),
             "fraction": rec.get("fraction"), "seed": rec.get("seed"), "profile": rec.get("profile"),
             "data_source": rec.get("data_source"), "config_method": config_hash(cfg.get("method")),
-            "protocol_args": config_hash(cfg.get("protocol_args"))}
+            "protocol_args": config_hash(cfg.get("protocol_args")),
+            "pretrain_dataset": (rec.get("pretrain") or {}).get("dataset") or rec.get("dataset")}
 
 
 def _existing(results_dir: str) -> dict[str, str]:
@@ -129,7 +132,7 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
         for task_name in _list(args.tasks, str, "--tasks"):
             base = RunRequest(method=method_name, task=task_name, profile=args.profile, data_root=args.data_root,
                               results_dir=args.results, overrides=list(args.set or []), progress=False,
-                              tasks_dir=args.tasks_dir)
+                              tasks_dir=args.tasks_dir, pretrain_on=args.pretrain_on)
             try:  # refusals that need no data: unknown names, bad profile, bad --set
                 task = runner.get_task(task_name, args.tasks_dir)
                 method = runner.load_method(method_name)
@@ -139,8 +142,8 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
                 msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
                 plan.cells.append(Cell(base, status="failed", error=msg))
                 continue
-            group = config_hash([method_name, config, task.dataset, task.views, dataclasses.asdict(task.split),
-                                 task.eval_dataset is not None, args.data_root])[:16]
+            group = config_hash([method_name, config, base.pretrain_on or task.dataset, task.views,
+                                 dataclasses.asdict(task.split), task.eval_dataset is not None, args.data_root])[:16]
             for fraction in fractions or task.fractions:
                 for seed in seeds or task.seeds:
                     req = dataclasses.replace(base, fraction=float(fraction), seed=int(seed))

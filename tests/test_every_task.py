@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +37,30 @@ def test_task_runs_with_random_at_smoke(task, world, tmp_path, capsys):
     value = rec["metrics"][spec.main_metric]
     assert not math.isnan(value), f"{spec.main_metric} is NaN"
     assert set(spec.metrics) <= set(rec["metrics"]), sorted(set(spec.metrics) - set(rec["metrics"]))
+
+
+@pytest.mark.slow
+def test_pretrain_on_another_dataset_like_msn_ehr(world, tmp_path, capsys):
+    """MSN+EHR pretrains on MIMIC-CXR (with its EHR) and probes NIH-14: ``--pretrain-on mimic-cxr``."""
+    from harness.leaderboard import render_task
+
+    results = tmp_path / "results"
+    argv = ["-q", "run", "--method", "msn-ehr", "--task", "nih14-cls", "--profile", "smoke", "--data-root", str(world),
+            "--results", str(results)]
+    assert main(argv) != 0  # NIH-14 has no EHR: refused, and the message says what to do
+    assert "--pretrain-on mimic-cxr" in capsys.readouterr().err
+    assert not list(results.rglob("*.json"))
+
+    assert main([*argv, "--pretrain-on", "mimic-cxr"]) == 0, capsys.readouterr().err[-2000:]
+    [path] = list(results.rglob("*.json"))
+    rec = json.loads(path.read_text())
+    assert rec["dataset"] == "nih14" and rec["pretrain"]["dataset"] == "mimic-cxr"
+    assert not rec["pretrain"]["cache_hit"]
+    done = [json.loads(p.read_text()) for p in (Path(os.environ["HARNESS_CACHE"]) / "pretrain" / "msn-ehr").rglob(
+        "done.json") if rec["pretrain"]["cache_key"] in str(p)]
+    assert [d["dataset"] for d in done] == ["mimic-cxr"] and done[0]["n_images"] > 0
+    assert "msn-ehr (pretrained on mimic-cxr)" in render_task("nih14-cls", "synthetic", [rec])
+
+    assert main(["-q", "run", "--method", "random", "--task", "nih14-cls", "--profile", "smoke", "--data-root",
+                 str(world), "--results", str(results), "--pretrain-on", "no-such-dataset"]) != 0
+    assert "unknown dataset" in capsys.readouterr().err

@@ -56,8 +56,10 @@ def rows_without_ehr(frame: pd.DataFrame, ehr: EHRConfig) -> np.ndarray:
     missing = np.zeros(len(frame), dtype=bool)
     if variables & _PATIENT_VARIABLES:
         if "ehr_available" not in frame.columns:
-            raise DataError(f"msn-ehr: EHR groups {list(ehr.groups)} need MIMIC-IV, but the training records "
-                            "have no ehr_* columns (no mimiciv/<version>/hosp tables under the data root)")
+            raise DataError(f"msn-ehr: EHR groups {list(ehr.groups)} need MIMIC-IV, but the training "
+                            "records have no ehr_* columns (no mimiciv/<version>/hosp tables joined); "
+                            "to probe another dataset, pretrain on MIMIC-CXR as the paper does: "
+                            "--pretrain-on mimic-cxr")
         missing |= ~frame["ehr_available"].fillna(False).to_numpy(dtype=bool)
         if "sex" in variables:
             missing |= ~frame["ehr_sex"].fillna("").isin(["M", "F"]).to_numpy()
