@@ -217,8 +217,14 @@ def build_task_data(task: TaskSpec, records: Records, image_size: int, *, eval_r
 
 def training_data(data: TaskData) -> TrainingData:
     """The pretraining view of a task: its training split, nothing else."""
+    from harness.data.images import fingerprint as files_fingerprint
+
     train = data.train
     rows = _frame_hash(train.frame, ["dataset", "image_id"])
-    fingerprint = hashlib.sha256(f"{rows}:{data.images_fingerprint}:{data.image_size}".encode()).hexdigest()
+    # the pixels of THESE rows (paths, sizes, mtimes), not of the whole image store: two tasks whose
+    # stores differ elsewhere (an external test set, other views) share one pretraining
+    pixels = (files_fingerprint(train.frame["path"].astype(str).tolist(), data.image_size)
+              if data.images_fingerprint and "path" in train.frame else data.images_fingerprint)
+    fingerprint = hashlib.sha256(f"{rows}:{pixels}:{data.image_size}".encode()).hexdigest()
     return TrainingData(dataset=data.task.dataset, frame=train.frame, images=train.images,
                         data_source=data.data_source, fingerprint=fingerprint)

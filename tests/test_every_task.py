@@ -64,3 +64,21 @@ def test_pretrain_on_another_dataset_like_msn_ehr(world, tmp_path, capsys):
     assert main(["-q", "run", "--method", "random", "--task", "nih14-cls", "--profile", "smoke", "--data-root",
                  str(world), "--results", str(results), "--pretrain-on", "no-such-dataset"]) != 0
     assert "unknown dataset" in capsys.readouterr().err
+
+
+def test_tasks_on_the_same_training_rows_share_one_pretraining(world):
+    """The pretraining key covers the training rows' own pixels, not the rest of a task's image store."""
+    from harness.runner import RunRequest, prepare
+
+    def data(task: str, pretrain_on: str | None = None):
+        req = RunRequest(method="msn", task=task, profile="smoke", data_root=str(world), progress=False,
+                         pretrain_on=pretrain_on)
+        return prepare(req).pretraining_data()
+
+    mimic, external, nih = data("mimic-cls"), data("chexpert-ext"), data("nih14-cls", pretrain_on="mimic-cxr")
+    assert mimic.dataset == external.dataset == nih.dataset == "mimic-cxr"
+    assert mimic.fingerprint == external.fingerprint == nih.fingerprint  # chexpert-ext's store also holds CheXpert
+    assert data("nih14-cls").fingerprint != mimic.fingerprint
+    path = str(mimic.frame["path"].iloc[0])  # a training image changes on disk: a new key
+    os.utime(path, ns=(0, 12345))
+    assert data("mimic-cls").fingerprint != mimic.fingerprint
