@@ -100,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results")
     p.add_argument("--out", default="leaderboards")
 
+    p = _sub(sub, "compare", "paired comparison of two leaderboard rows over the seeds they share", """
+        python -m harness compare --task mimic-cls moco random
+        python -m harness compare --task nih14-cls "msn-ehr (pretrained on mimic-cxr)" "msn (pretrained on mimic-cxr)"
+    """)
+    p.add_argument("a", help="row name as on the leaderboard")
+    p.add_argument("b", help="the row it is compared with (difference a - b)")
+    p.add_argument("--task", required=True)
+    p.add_argument("--metric", default=None, help="default: the task's main metric")
+    p.add_argument("--results", default="results")
+    p.add_argument("--data-source", default=None, help="synthetic | real (needed when the results hold both)")
+
     p = _sub(sub, "data", "generate the synthetic world or check a dataset layout", """
         python -m harness data synth --out /tmp/world --scale 0.5 --seed 0
         python -m harness data check nih14 --root /data
@@ -277,6 +288,17 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.compare import compare
+
+    try:
+        print(compare(args.results, args.task, args.a, args.b, args.metric, args.data_source), end="")
+    except (KeyError, ValueError) as exc:
+        print(f"harness: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "synth":
         from harness.synth import write_world
@@ -358,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError:  # pragma: no cover - dispatch lands separately
         pass
     handlers = {"run": cmd_run, "ls": cmd_ls, "validate": cmd_validate, "leaderboard": cmd_leaderboard,
+                "compare": cmd_compare,
                 "data": cmd_data, "regress": cmd_regress, "submit": cmd_submit}
     if args.command == "sweep":
         from harness import sweep

@@ -37,14 +37,45 @@ def _fmt(values: list[float]) -> str:
     return f"{arr.mean():.4f} ± {arr.std(ddof=1):.4f} (n={len(arr)})"
 
 
-def _row_name(rec: dict[str, Any], methods_weights: dict[str, set[str]]) -> str:
-    name = rec["method"]
-    pretrained_on = (rec.get("pretrain") or {}).get("dataset")
-    if pretrained_on and pretrained_on != rec.get("dataset"):
-        name += f" (pretrained on {pretrained_on})"
-    if len(methods_weights[name]) > 1:
-        name += f" [{rec['weights_sha256'][:8]}]"
-    return name
+def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(config, dict):
+        return {prefix: config}
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        out.update(_flat(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}"))
+    return out
+
+
+def row_names(recs: list[dict[str, Any]]) -> list[str]:
+    """One leaderboard row name per record: what distinguishes it from the other runs of its method.
+
+    The method name, then the method-config keys that differ between that method's records
+    (``msn-ehr {ehr.groups=['demographics']}``; the pretraining ``seed`` is not a variant: its
+    runs are the seeds a cell averages), then ``(pretrained on X)`` when ``--pretrain-on``
+    named another dataset. Records that still collide (same row, fraction and seed, different
+    weights: e.g. a code change between runs) get their weights' hash.
+    """
+    flat = [{k: v for k, v in _flat(((r.get("config") or {}).get("method")) or {}).items() if k != "seed"}
+            for r in recs]
+    by_method: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(recs):
+        by_method[r["method"]].append(i)
+    names = [r["method"] for r in recs]
+    for idx in by_method.values():
+        keys = sorted({k for i in idx for k in flat[i]})
+        varying = [k for k in keys if len({repr(flat[i].get(k)) for i in idx}) > 1]
+        for i in idx:
+            if varying:
+                names[i] += " {" + ", ".join(f"{k}={flat[i].get(k)}" for k in varying) + "}"
+    for i, r in enumerate(recs):
+        pretrained_on = (r.get("pretrain") or {}).get("dataset")
+        if pretrained_on and pretrained_on != r.get("dataset"):
+            names[i] += f" (pretrained on {pretrained_on})"
+    cells: dict[tuple[str, Any, Any], set[str]] = defaultdict(set)
+    for name, r in zip(names, recs):
+        cells[(name, r.get("fraction"), r.get("seed"))].add(r.get("weights_sha256", ""))
+    return [f"{name} [{r['weights_sha256'][:8]}]" if len(cells[(name, r.get("fraction"), r.get("seed"))]) > 1
+            else name for name, r in zip(names, recs)]
 
 
 def render_task(task: str, data_source: str, recs: list[dict[str, Any]]) -> str:
@@ -52,9 +83,7 @@ def render_task(task: str, data_source: str, recs: list[dict[str, Any]]) -> str:
     harness_versions = sorted({r["harness_version"] for r in recs})
     main = recs[0]["main_metric"]
     metrics = [main] + sorted({m for r in recs for m in r["metrics"]} - {main})
-    methods_weights: dict[str, set[str]] = defaultdict(set)
-    for r in recs:
-        methods_weights[r["method"]].add(r["weights_sha256"])
+    names = dict(zip(map(id, recs), row_names(recs)))
     lines = [GENERATED, "", f"# {task} ({data_source} data)", ""]
     if data_source == "synthetic":
         lines += ["> **data: synthetic.** Numbers from the embedded synthetic CXR world; they say nothing "
@@ -71,7 +100,7 @@ def render_task(task: str, data_source: str, recs: list[dict[str, Any]]) -> str:
         for r in recs:
             if r["fraction"] != fraction or r["task_version"] != versions[-1]:
                 continue
-            row = _row_name(r, methods_weights)
+            row = names[id(r)]
             flags[row] = flags.get(row) or leakage(r)
             for m in metrics:
                 if m in r["metrics"]:

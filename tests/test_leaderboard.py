@@ -1,6 +1,9 @@
 from pathlib import Path
 
-from harness.leaderboard import GENERATED, leakage, render_all
+import numpy as np
+import pytest
+
+from harness.leaderboard import GENERATED, leakage, render_all, row_names
 from harness.results import write_record
 from tests.test_results import make_record
 
@@ -38,3 +41,47 @@ def test_leakage_flag():
     assert leakage({"eval_dataset": "chexpert", "method_card": {"pretraining_data": ["chexpert:val"]}})
     assert leakage({"eval_dataset": "chexpert", "method_card": {"pretraining_data": ["mimic-cxr:train"]}}) == ""
     assert leakage({"eval_dataset": "mimic-cxr", "method_card": {"pretraining_data": ["{task}"]}}) == ""
+
+
+def _variant(seed: int, groups: list[str], value: float, **kw) -> dict:
+    """An msn-ehr record whose pretraining seed is the evaluation seed (``--set seed=N``)."""
+    return make_record(seed, method="msn-ehr", task="nih14-cls", dataset="nih14", metrics={"auroc_macro": value},
+                       config={"method": {"seed": seed, "lr": 1e-3, "ehr": {"groups": groups}}},
+                       weights_sha256=f"{seed}{groups[0]}".ljust(64, "0"), pretrain={"dataset": "mimic-cxr"}, **kw)
+
+
+def test_row_names_separate_config_variants_not_pretraining_seeds():
+    recs = [_variant(s, g, 0.6) for s in range(3) for g in (["demographics"], ["demographics", "scan"])]
+    names = row_names(recs)
+    assert names[:2] == ["msn-ehr {ehr.groups=['demographics']} (pretrained on mimic-cxr)",
+                         "msn-ehr {ehr.groups=['demographics', 'scan']} (pretrained on mimic-cxr)"]
+    assert len(set(names)) == 2  # three seeds per variant, each with its own weights, are one row
+    twice = [_variant(0, ["scan"], 0.6), _variant(0, ["scan"], 0.7, git_commit="y")]
+    twice[1]["weights_sha256"] = "f" * 64  # same row, fraction and seed, other weights: told apart
+    assert row_names(twice) == ["msn-ehr (pretrained on mimic-cxr) [0scan000]",
+                                "msn-ehr (pretrained on mimic-cxr) [ffffffff]"]
+
+
+def test_compare_pairs_by_seed(tmp_path, capsys):
+    from harness.cli import main
+    from harness.compare import paired
+
+    a, b = [0.70, 0.64, 0.75], [0.66, 0.61, 0.70]  # a spread larger than the differences, all positive
+    for seed in range(3):
+        write_record(tmp_path, make_record(seed, method="moco", metrics={"auroc_macro": a[seed]}, fraction=0.1))
+        write_record(tmp_path, make_record(seed, method="random", metrics={"auroc_macro": b[seed]}, fraction=0.1,
+                                           weights_sha256="r" * 64))
+    write_record(tmp_path, make_record(3, method="moco", metrics={"auroc_macro": 0.9}, fraction=0.1))  # unpaired
+    from harness.results import load_records
+
+    [row] = paired(load_records(tmp_path)[0], "moco", "random")
+    assert row["seeds"] == [0, 1, 2] and row["wins"] == 3
+    d = np.array(a) - np.array(b)
+    assert row["mean_diff"] == pytest.approx(d.mean())
+    half = 4.302652729911275 * d.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 df)
+    assert row["ci95"] == pytest.approx((d.mean() - half, d.mean() + half))
+    assert main(["compare", "--results", str(tmp_path), "--task", "t", "moco", "random"]) == 0
+    out = capsys.readouterr().out
+    assert "| 0.1 | 3 |" in out and "3/3" in out and "synthetic data" in out
+    assert main(["compare", "--results", str(tmp_path), "--task", "t", "moco", "nope"]) == 2
+    assert "no row 'nope'" in capsys.readouterr().err

@@ -1,0 +1,92 @@
+"""Paired comparison of two leaderboard rows over the seeds they share.
+
+Two methods evaluated with the same seeds (same label-fraction subset, same probe
+initialisation, same bootstrap; and, with ``--set seed=N``, the same pretraining seed)
+differ by less than their seed-to-seed spread suggests: the spread is mostly the
+subset, which both share. The paired difference per seed, its mean and a Student-t
+95 % interval say whether one row beats the other by more than the noise::
+
+    python -m harness compare --results results --task mimic-cls "msn-ehr" "msn"
+
+Rows are named as on the leaderboard (``harness.leaderboard.row_names``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from harness.leaderboard import row_names
+from harness.results import load_records
+
+
+def paired(recs: list[dict[str, Any]], a: str, b: str, metric: str | None = None) -> list[dict[str, Any]]:
+    """Per label fraction: the seeds both rows have, their means and the paired difference ``a - b``.
+
+    Raises:
+        KeyError: a row name that no record of ``recs`` has (the message lists the names there are).
+    """
+    names = row_names(recs)
+    for row in (a, b):
+        if row not in names:
+            raise KeyError(f"no row {row!r}; rows: {sorted(set(names))}")
+    metric = metric or recs[0]["main_metric"]
+    values: dict[tuple[str, float], dict[int, float]] = defaultdict(dict)
+    for name, r in zip(names, recs):
+        if name in (a, b) and metric in r["metrics"]:
+            values[(name, r["fraction"])][r["seed"]] = float(r["metrics"][metric])
+    out = []
+    for fraction in sorted({f for _, f in values}):
+        seeds = sorted(set(values[(a, fraction)]) & set(values[(b, fraction)]))
+        if not seeds:
+            continue
+        xa = np.array([values[(a, fraction)][s] for s in seeds])
+        xb = np.array([values[(b, fraction)][s] for s in seeds])
+        d = xa - xb
+        half = (stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
+        out.append({"fraction": fraction, "seeds": seeds, "metric": metric, "a": xa, "b": xb, "diff": d,
+                    "mean_diff": float(d.mean()), "ci95": (float(d.mean() - half), float(d.mean() + half)),
+                    "wins": int((d > 0).sum())})
+    return out
+
+
+def _ms(x: np.ndarray) -> str:
+    return f"{x.mean():.4f} ± {x.std(ddof=1):.4f}" if len(x) > 1 else f"{x[0]:.4f}"
+
+
+def render(task: str, a: str, b: str, rows: list[dict[str, Any]]) -> str:
+    lines = [f"### {task}: {a} vs {b} (paired by seed)", "",
+             f"| fraction | seeds | {a} | {b} | mean difference | 95 % CI (t) | {a} better |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = r["ci95"]
+        ci = f"[{lo:+.4f}, {hi:+.4f}]" if not math.isnan(lo) else "n/a (one seed)"
+        lines.append(f"| {r['fraction']:g} | {len(r['seeds'])} | {_ms(r['a'])} | {_ms(r['b'])} | "
+                     f"{r['mean_diff']:+.4f} | {ci} | {r['wins']}/{len(r['seeds'])} |")
+    metric = rows[0]["metric"] if rows else "?"
+    lines += ["", f"metric: `{metric}`; cells: mean ± std over the shared seeds."]
+    return "\n".join(lines) + "\n"
+
+
+def compare(results_dir: str | Path, task: str, a: str, b: str, metric: str | None = None,
+            data_source: str | None = None) -> str:
+    """The markdown paired table of rows ``a`` and ``b`` on ``task`` (one data source: records never mix)."""
+    records, _ = load_records(results_dir)
+    recs = [r for r in records if r["task"] == task]
+    sources = sorted({r["data_source"] for r in recs})
+    if data_source:
+        recs = [r for r in recs if r["data_source"] == data_source]
+    elif len(sources) > 1:
+        raise ValueError(f"{task}: records from {sources}; choose one with --data-source")
+    if not recs:
+        raise ValueError(f"no records of task {task!r} under {results_dir}")
+    latest = max(r["task_version"] for r in recs)
+    recs = [r for r in recs if r["task_version"] == latest]
+    rows = paired(recs, a, b, metric)
+    label = "synthetic data: says nothing about real chest X-rays. " if recs[0]["data_source"] == "synthetic" else ""
+    return render(task, a, b, rows) + (f"\n{label}task version v{latest}.\n")
