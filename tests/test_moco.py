@@ -78,6 +78,22 @@ def test_queue_holds_the_last_k_keys_and_logits_are_positive_then_queue():
     assert int(moco.queue_ptr) == 4
 
 
+@pytest.mark.parametrize("frozen", [False, True])
+def test_frozen_batchnorm_statistics_stay_while_the_affine_weights_learn(frozen):
+    torch.manual_seed(0)
+    moco = MoCo(tiny_backbone, dim=4, K=8, m=0.9, T=0.2, freeze_bn_stats=frozen).train()
+    bn = moco.encoder_q.backbone.trunk[1]
+    assert bn.training is not frozen and moco.training  # train() keeps every BatchNorm in eval mode
+    stats = (bn.running_mean.clone(), bn.running_var.clone())
+    weight = bn.weight.detach().clone()
+    optimizer = torch.optim.SGD(moco.parameters(), lr=0.5)
+    logits, labels = moco(torch.randn(4, 3, 8, 8) + 2, torch.randn(4, 3, 8, 8) + 2)
+    F.cross_entropy(logits, labels).backward()
+    optimizer.step()
+    assert not torch.equal(bn.weight.detach(), weight)  # the scale is trained either way
+    assert torch.equal(bn.running_mean, stats[0]) is frozen and torch.equal(bn.running_var, stats[1]) is frozen
+
+
 def test_queue_must_divide_by_the_batch():
     moco = MoCo(tiny_backbone, dim=4, K=6, shuffle_bn_splits=1)
     with pytest.raises(ValueError, match="multiple of the global batch 4"):

@@ -46,12 +46,16 @@ class MoCo(nn.Module):
         T: softmax temperature (default: 0.07; MoCo-CXR 0.2).
         mlp: use the 2-layer MLP head of MoCo v2.
         shuffle_bn_splits: sub-batches for the keys' BatchNorm on a single process.
+        freeze_bn_stats: keep the backbones' BatchNorm running statistics (e.g. ImageNet's) fixed:
+            BatchNorm layers stay in eval mode while the model trains (their affine weights still
+            learn). Not in MoCo; a harness option for short runs from ImageNet weights (``MoCoConfig``).
     """
 
     def __init__(self, base_encoder: Callable[[], Backbone], dim: int = 128, K: int = 65536, m: float = 0.999,
-                 T: float = 0.07, mlp: bool = True, shuffle_bn_splits: int = 1) -> None:
+                 T: float = 0.07, mlp: bool = True, shuffle_bn_splits: int = 1, freeze_bn_stats: bool = False) -> None:
         super().__init__()
         self.K, self.m, self.T, self.shuffle_bn_splits = K, m, T, shuffle_bn_splits
+        self.freeze_bn_stats = freeze_bn_stats
 
         # create the encoders; the key encoder starts as an exact copy and is never updated by gradient
         self.encoder_q = MoCoEncoder(base_encoder(), dim, mlp)
@@ -63,6 +67,14 @@ class MoCo(nn.Module):
         # the queue of keys: (dim, K), each column a unit vector
         self.register_buffer("queue", F.normalize(torch.randn(dim, K), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    def train(self, mode: bool = True) -> MoCo:
+        super().train(mode)
+        if self.freeze_bn_stats:  # normalise with the stored statistics and never update them
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     @torch.no_grad()
     def _momentum_update_key_encoder(self) -> None:

@@ -64,7 +64,7 @@ def pretrain(request: PretrainRequest, cfg: MoCoConfig, card: dict) -> Path:
 
     seed_all(request.seed)  # the initialisation (random init, MLP heads, queue) is a function of the seed
     model = MoCo(lambda: base_encoder(cfg), dim=cfg.dim, K=K, m=cfg.m, T=cfg.T, mlp=cfg.mlp,
-                 shuffle_bn_splits=cfg.shuffle_bn_splits)
+                 shuffle_bn_splits=cfg.shuffle_bn_splits, freeze_bn_stats=cfg.bn_stats == "frozen")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = step_decay(optimizer, tuple(round(e * steps_per_epoch) for e in cfg.lr_decay_epochs))
