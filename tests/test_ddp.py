@@ -380,3 +380,29 @@ def test_msn_ehr_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
     # Measured: total loss within 6 % (per-rank token masks and projection-head BatchNorm); Sinkhorn and
     # ME-MAX already reduce over ranks (baselines.msn_ehr.losses)
     assert _relative_gap(one, two, "loss") < 0.12
+
+
+def _tokenizer_worker(rank: int, world_size: int, port: int, workdir: str) -> None:
+    import datetime
+    import time
+
+    import torch.distributed as dist
+
+    from baselines.common.text import workdir_tokenizer
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=20))  # a mismatch fails, not hangs
+    if rank == 1:
+        time.sleep(2)  # rank 0 has trained and saved the tokenizer before this rank gets here
+    texts = [f"small left pleural effusion number {i} no pneumothorax" for i in range(40)]
+    tokenizer = workdir_tokenizer(texts, 60, 16, Path(workdir))
+    dist.barrier()  # had rank 1 skipped the tokenizer's barrier, rank 0 would wait here until the timeout
+    Path(workdir, f"vocab{rank}").write_text(str(tokenizer.vocab_size))
+    dist.destroy_process_group()
+
+
+def test_every_rank_takes_the_same_tokenizer_branch(tmp_path):
+    """A slow rank must not find rank 0's new tokenizer file and skip the barrier (it hung CI once)."""
+    _spawn(_tokenizer_worker, WORLD, str(tmp_path))
+    assert (tmp_path / "vocab0").read_text() == (tmp_path / "vocab1").read_text()
+    assert (tmp_path / "tokenizer.json").is_file()

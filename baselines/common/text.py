@@ -33,6 +33,8 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from baselines.common import distributed
+
 TEXT_MODELS = ("scratch", "minilm")  # or a local Hugging Face model directory (see is_text_model)
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 REPORT_SECTIONS = ("findings", "impression")  # never "indication": see the module docstring
@@ -128,6 +130,25 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, max_length: int, min_
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
     return TextTokenizer(tok, max_length)
+
+
+def workdir_tokenizer(texts: list[str], vocab_size: int, max_length: int, workdir: Path) -> TextTokenizer:
+    """The WordPiece tokenizer saved in ``workdir`` (a resumed run keeps the vocabulary its checkpoint was
+    trained with), else one trained on ``texts`` now and saved there by rank 0.
+
+    Rank 0 decides whether the file exists and tells the others, so every rank takes the same branch: a
+    rank that looked for itself after rank 0 had saved the new file would skip the barrier below and leave
+    rank 0 waiting in it (a 2-process test hung that way in CI).
+    """
+    path = Path(workdir) / TOKENIZER_FILE
+    if distributed.broadcast_object(path.is_file() if distributed.is_main() else None):
+        return TextTokenizer.load(path, max_length)
+    tokenizer = train_wordpiece(texts, vocab_size, max_length)
+    if distributed.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(path)
+    distributed.barrier()
+    return tokenizer
 
 
 def minilm_dir() -> Path:

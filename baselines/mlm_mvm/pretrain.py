@@ -29,7 +29,7 @@ from baselines.common.config import to_dict
 from baselines.common.data import AugmentConfig, augment, normalize
 from baselines.common.sampling import StepSampler
 from baselines.common.seeding import mix_seed, seed_all
-from baselines.common.text import TOKENIZER_FILE, TextTokenizer, mlm_mask, report_texts, train_wordpiece
+from baselines.common.text import TOKENIZER_FILE, TextTokenizer, mlm_mask, report_texts, workdir_tokenizer
 from baselines.common.train import StepContext, TrainConfig, Trainer, warmup_cosine
 from baselines.mlm_mvm.config import MLMMVMConfig
 from baselines.mlm_mvm.losses import multiscale_patch_mask
@@ -134,18 +134,6 @@ class MixedBatches:
         return batch
 
 
-def tokenizer_for(cfg: MLMMVMConfig, texts: list[str], workdir: Path) -> TextTokenizer:
-    path = workdir / TOKENIZER_FILE
-    if path.is_file():  # a resumed run keeps the vocabulary its checkpoint was trained with
-        return TextTokenizer.load(path, cfg.max_length)
-    tokenizer = train_wordpiece(texts, cfg.vocab_size, cfg.max_length)
-    if distributed.info().is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(path)
-    distributed.barrier()
-    return tokenizer
-
-
 def pretrain(request: PretrainRequest, cfg: MLMMVMConfig, card: dict) -> Path:
     """Train into ``request.workdir``; return the final checkpoint."""
     info = distributed.info()
@@ -153,7 +141,7 @@ def pretrain(request: PretrainRequest, cfg: MLMMVMConfig, card: dict) -> Path:
         raise ValueError(f"mlm-mvm: batch_size {cfg.batch_size} not divisible by {info.world_size} processes")
     s = streams(request, cfg)
     workdir = Path(request.workdir)
-    tokenizer = tokenizer_for(cfg, s.paired_texts + s.texts, workdir)
+    tokenizer = workdir_tokenizer(s.paired_texts + s.texts, cfg.vocab_size, cfg.max_length, workdir)
     sizes = part_sizes(cfg, s, info.world_size)
     lengths = {"paired": len(s.paired_images), "images": len(s.image_rows), "texts": len(s.texts)}
     samplers = {k: StepSampler(lengths[k], b, seed=mix_seed(request.seed, i), rank=info.rank,

@@ -44,7 +44,7 @@ from baselines.common.text import (
     mlm_mask,
     pretrained_tokenizer,
     report_texts,
-    train_wordpiece,
+    workdir_tokenizer,
 )
 from baselines.common.train import StepContext, TrainConfig, Trainer, step_decay
 from baselines.region_word import losses
@@ -77,15 +77,7 @@ def tokenizer_for(cfg: RegionWordConfig, texts: list[str], workdir: Path) -> Tex
     on first use)."""
     if cfg.text_model != "scratch":
         return pretrained_tokenizer(cfg.text_model, cfg.max_length)
-    path = workdir / TOKENIZER_FILE
-    if path.is_file():  # a resumed run keeps the vocabulary its checkpoint was trained with
-        return TextTokenizer.load(path, cfg.max_length)
-    tokenizer = train_wordpiece(texts, cfg.vocab_size, cfg.max_length)
-    if distributed.info().is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(path)
-    distributed.barrier()
-    return tokenizer
+    return workdir_tokenizer(texts, cfg.vocab_size, cfg.max_length, workdir)
 
 
 class _Rows:
