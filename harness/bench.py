@@ -217,6 +217,16 @@ def best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     return best, out
 
 
+def alternating_best(first: Callable[[], Any], second: Callable[[], Any], rounds: int,
+                     second_repeats: int = 1) -> tuple[float, float]:
+    """Best wall time of each of two callables, run in alternation so both see the same background load."""
+    t_first = t_second = float("inf")
+    for _ in range(rounds):
+        t_first = min(t_first, best_of(first, 1)[0])
+        t_second = min(t_second, best_of(second, second_repeats)[0])
+    return t_first, t_second
+
+
 def _status_kb(field_name: str) -> int:
     text = Path("/proc/self/status").read_text()
     match = re.search(rf"^{field_name}:\s+(\d+) kB", text, re.M)
@@ -294,10 +304,7 @@ def bench_extraction(profile: BenchProfile, work: Path) -> tuple[Figure, str]:
         return extract_features(encoder, images, pp, batch_size=batch, cache_key={"weights_sha256": "bench"},
                                 cache_root=work / f"p1-{next(runs)}", progress=False)
 
-    t_bare = t_harness = float("inf")
-    for _ in range(profile.repeats):  # alternate, so both see the same background load
-        t_bare = min(t_bare, best_of(bare, 1)[0])
-        t_harness = min(t_harness, best_of(harness_cold, 1)[0])
+    t_bare, t_harness = alternating_best(bare, harness_cold, profile.repeats)
     n = len(images)
     ratio = t_bare / t_harness
     fig = Figure("P1", "feature extraction: harness / bare model(x)", f"{n / t_harness:.1f} vs {n / t_bare:.1f} img/s",
@@ -446,10 +453,7 @@ def bench_images(profile: BenchProfile, work: Path) -> tuple[Figure, str]:
     def cache_epoch() -> int:
         return sum(len(store[np.sort(order[s:s + batch])]) for s in range(0, len(order), batch))
 
-    t_decode = t_cache = float("inf")
-    for _ in range(profile.repeats):
-        t_decode = min(t_decode, best_of(decode_epoch, 1)[0])
-        t_cache = min(t_cache, best_of(cache_epoch, 3)[0])
+    t_decode, t_cache = alternating_best(decode_epoch, cache_epoch, profile.repeats, second_repeats=3)
     n = len(paths)
     ratio = t_decode / t_cache
     fig = Figure("P3", "image loading: cache / decode every epoch", f"{n / t_cache:,.0f} vs {n / t_decode:,.0f} img/s",
