@@ -352,7 +352,6 @@ def pretrain_only(req: RunRequest) -> Path | None:
     share it. Returns the checkpoint (None for methods that do not pretrain). Resumable: a
     killed or requeued call trains on from the checkpoints in the pretraining workdir.
     """
-
     p = prepare(req)
     ckpt, _, _ = pretrained_checkpoint(p.method, p.config, p.pretraining_data(), p.device, req.progress,
                                        p.load_source)
