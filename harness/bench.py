@@ -227,10 +227,14 @@ def alternating_best(first: Callable[[], Any], second: Callable[[], Any], rounds
     return t_first, t_second
 
 
-def _status_kb(field_name: str) -> int:
-    text = Path("/proc/self/status").read_text()
+def _status_kb(field_name: str) -> int | None:
+    """A ``kB`` field of /proc/self/status, or None where the file or the field is missing."""
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
     match = re.search(rf"^{field_name}:\s+(\d+) kB", text, re.M)
-    return int(match.group(1)) if match else 0
+    return int(match.group(1)) if match else None
 
 
 @contextlib.contextmanager
@@ -242,21 +246,24 @@ def peak_rss() -> Iterator[dict[str, float]]:
     the start is read: otherwise a cyclic-GC pass that happens to run inside the block frees
     earlier garbage there, lowers the resident size under the start value and hides the
     block's own allocation (``added_mb`` 0 for a 64 MB array behind 200 MB of freed cycles).
-    Without a resettable VmHWM (not Linux, or /proc/self/clear_refs not writable) both are NaN,
-    never a plausible-looking 0.
+    Without a resettable VmHWM (not Linux, /proc/self/clear_refs not writable or ignored, or a
+    status file without VmRSS / VmHWM, as some sandboxes give) both are NaN, never a
+    plausible-looking 0.
     """
     box = {"peak_mb": float("nan"), "added_mb": float("nan")}
     gc.collect()
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-        before = _status_kb("VmRSS")
+        before, reset = _status_kb("VmRSS"), _status_kb("VmHWM")
     except OSError:
-        before = None
+        before = reset = None
+    if before is None or reset is None or reset > before + 8 * 1024:
+        before = None  # no reset happened (a write that was accepted and ignored): the mark is the lifetime's
     try:
         yield box
     finally:
-        if before is not None:
-            peak = _status_kb("VmHWM")
+        peak = _status_kb("VmHWM") if before is not None else None
+        if before is not None and peak is not None:
             box.update(peak_mb=peak / 1024, added_mb=max(0, peak - before) / 1024)
 
 
