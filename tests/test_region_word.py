@@ -15,7 +15,7 @@ from baselines.common.text import IGNORE_INDEX, build_text_encoder, minilm_token
 from baselines.common.train import load_checkpoint
 from baselines.region_word import RegionWordMethod
 from baselines.region_word.config import RegionWordConfig
-from baselines.region_word.losses import word_region_attention, word_region_scores
+from baselines.region_word.losses import mlm_loss, word_region_attention, word_region_scores
 from baselines.region_word.model import RegionWordModel
 from baselines.region_word.pretrain import is_itm_step, region_word_losses, total_loss
 from harness.cohort import ImageView, TrainingData
@@ -86,6 +86,25 @@ def test_mlm_masks_only_real_tokens_at_the_rate():
     as_mask = (masked[selected] == tok.mask_id).float().mean()
     unchanged = (masked[selected] == ids[selected]).float().mean()
     assert 0.76 < as_mask < 0.84 and 0.07 < unchanged < 0.14
+
+
+def test_mlm_loss_on_the_selected_positions_equals_the_full_cross_entropy():
+    torch.manual_seed(0)
+    tok = train_wordpiece(REPORTS * 5, vocab_size=100, max_length=16)
+    text = build_text_encoder("scratch", vocab_size=tok.vocab_size, hidden=16, layers=1, heads=2, ffn=32, dropout=0.0)
+    model = RegionWordModel(tiny_backbone(), text, embed_dim=16)
+    ids, mask = tok.encode(REPORTS)
+    masked, labels = mlm_mask(ids, mask, tok, generator=torch.Generator().manual_seed(1), probability=0.3)
+    selected = labels != IGNORE_INDEX
+    assert 0 < selected.sum() < mask.sum()
+    tokens, _ = model.text(masked, mask)
+    full = torch.nn.functional.cross_entropy(model.mlm_head(tokens).flatten(0, 1), labels.flatten(),
+                                             ignore_index=IGNORE_INDEX)  # the head at every position
+    logits = model.mlm_logits(masked, mask, selected)
+    assert logits.shape == (int(selected.sum()), tok.vocab_size)
+    torch.testing.assert_close(mlm_loss(logits, labels[selected]), full)
+    none = model.mlm_logits(masked, mask, torch.zeros_like(selected))
+    assert mlm_loss(none, labels[:0, 0]).item() == 0.0
 
 
 def test_itm_losses_make_the_pairs_match():

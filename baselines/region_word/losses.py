@@ -20,8 +20,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from baselines.common.text import IGNORE_INDEX
-
 
 def sentence_logits(images: torch.Tensor, sentences: torch.Tensor, gamma3: float) -> torch.Tensor:
     """``(B, E), (B, E) -> (B_img, B_txt)`` cosine similarities x GAMMA3."""
@@ -89,8 +87,8 @@ def triplet_from_similarity(similarity: torch.Tensor, negatives: tuple[torch.Ten
 
 
 def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """CE over the selected positions only (``labels != IGNORE_INDEX``); 0 when none was selected."""
-    if not (labels != IGNORE_INDEX).any():
+    """CE of the ``(M, V)`` logits at the selected positions against their ``(M,)`` original ids;
+    0 (still in the graph) when no position was selected."""
+    if logits.shape[0] == 0:
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                           ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits.float(), labels)

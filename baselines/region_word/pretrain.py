@@ -38,6 +38,7 @@ from baselines.common.encoder import imagenet_preprocess
 from baselines.common.sampling import StepSampler
 from baselines.common.seeding import seed_all, step_generator
 from baselines.common.text import (
+    IGNORE_INDEX,
     TOKENIZER_FILE,
     TextTokenizer,
     build_text_encoder,
@@ -141,10 +142,11 @@ def region_word_losses(model: torch.nn.Module, batch: dict, cfg: RegionWordConfi
 
     Under DDP ``generator`` must be the same on every rank (it draws the global batch's triplet negatives).
     """
+    selected = batch["mlm_labels"] != IGNORE_INDEX
     image_global, regions, sentence, words, mlm_logits = model(batch["images"], batch["input_ids"],
-                                                               batch["attention_mask"], batch["mlm_ids"])
+                                                               batch["attention_mask"], batch["mlm_ids"], selected)
     out = matching_losses(image_global, regions, sentence, words, batch["attention_mask"], cfg, generator)
-    out["mlm"] = losses.mlm_loss(mlm_logits, batch["mlm_labels"])
+    out["mlm"] = losses.mlm_loss(mlm_logits, batch["mlm_labels"][selected])
     return out
 
 
