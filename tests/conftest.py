@@ -1,8 +1,9 @@
-"""Test-wide setup: an isolated harness cache per test session, one thread per op."""
+"""Test-wide setup: an isolated harness cache per test session (removed at its end), one thread per op."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -26,3 +27,12 @@ except ImportError:  # pragma: no cover
 @pytest.fixture(scope="session")
 def session_cache() -> Path:
     return _SESSION_CACHE
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove the session's cache (about 1.5 GB after a full run): every run used to leave one in /tmp.
+    ``HARNESS_KEEP_TEST_CACHE=1`` keeps it for a post-mortem; its path is printed then."""
+    if os.environ.get("HARNESS_KEEP_TEST_CACHE") == "1":
+        print(f"\nharness test cache kept: {_SESSION_CACHE}")
+    else:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
