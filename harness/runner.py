@@ -66,6 +66,22 @@ def add_pretrain_on_argument(parser: Any) -> None:
                              "as MSN+EHR does before probing NIH-14); see `harness ls datasets`")
 
 
+def effective_pretrain_on(method: Any, task: TaskSpec, pretrain_on: str | None) -> str | None:
+    """The dataset ``--pretrain-on`` makes ``method`` pretrain on for ``task``, or None for the task's own.
+
+    Only methods that pretrain on the task's data (``"{task}"`` in their card's ``pretraining_data``)
+    take it; for the others (``random``, ``imagenet``, submissions) it means nothing and is dropped, so
+    their records and leaderboard rows do not claim a pretraining that never happened.
+    """
+    if pretrain_on is None or pretrain_on == task.dataset:
+        return None
+    if "{task}" not in method.card.pretraining_data:
+        log.info("%s does not pretrain on the task's data: --pretrain-on %s does not apply to it",
+                 method.card.name, pretrain_on)
+        return None
+    return pretrain_on
+
+
 @dataclass
 class RunOutcome:
     record: dict[str, Any]
@@ -312,9 +328,9 @@ def prepare(req: RunRequest) -> Prepared:
     if missing:
         raise RunError(f"method {req.method!r} lacks capability {missing} required by task {task.name!r}")
 
-    pretrain_on = req.pretrain_on if req.pretrain_on != task.dataset else None
-    if pretrain_on is not None and pretrain_on not in DATASETS:
-        raise RunError(f"--pretrain-on {pretrain_on!r}: unknown dataset; choose from {sorted(DATASETS.names())}")
+    if req.pretrain_on is not None and req.pretrain_on not in DATASETS:
+        raise RunError(f"--pretrain-on {req.pretrain_on!r}: unknown dataset; choose from {sorted(DATASETS.names())}")
+    pretrain_on = effective_pretrain_on(method, task, req.pretrain_on)
 
     needs_root = any(getattr(DATASETS.get(d), "needs_data_root", True) for d in (task.dataset, task.eval_dataset) if d)
     data_root = resolve_data_root(req.data_root) if needs_root else _SelfContained()

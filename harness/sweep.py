@@ -86,7 +86,8 @@ class Plan:
 
 
 def _identity(req: RunRequest, task: Any, profile: str, config: dict[str, Any], data_source: str) -> dict:
-    """What a record must match for its cell to be skipped (see the module docstring)."""
+    """What a record must match for its cell to be skipped (see the module docstring); ``req.pretrain_on``
+    is already the effective one (``runner.effective_pretrain_on``)."""
     return {"method": req.method, "task": task.name, "task_version": task.version, "fraction": req.fraction,
             "seed": req.seed, "profile": profile, "data_source": data_source,
             "config_method": config_hash(config), "protocol_args": config_hash(task.args_for(profile)),
@@ -138,6 +139,8 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
                 method = runner.load_method(method_name)
                 profile = args.profile or ("small" if data_source == "synthetic" else "paper")
                 config = runner.method_config(method, profile, base.overrides)
+                base = dataclasses.replace(base, pretrain_on=runner.effective_pretrain_on(method, task,
+                                                                                          base.pretrain_on))
             except (RunError, KeyError, ValueError) as exc:
                 msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
                 plan.cells.append(Cell(base, status="failed", error=msg))

@@ -65,6 +65,16 @@ def test_pretrain_on_another_dataset_like_msn_ehr(world, tmp_path, capsys):
                  str(world), "--results", str(results), "--pretrain-on", "no-such-dataset"]) != 0
     assert "unknown dataset" in capsys.readouterr().err
 
+    # a method that does not pretrain on the task's data: the flag does not apply, and no row claims it
+    random_argv = ["-q", "run", "--method", "random", "--task", "nih14-cls", "--profile", "smoke", "--data-root",
+                   str(world), "--results", str(tmp_path / "random"), "--pretrain-on", "mimic-cxr"]
+    assert main(random_argv) == 0, capsys.readouterr().err[-2000:]
+    [path] = list((tmp_path / "random").rglob("*.json"))
+    rec = json.loads(path.read_text())
+    assert rec["pretrain"]["dataset"] == "nih14"
+    table = render_task("nih14-cls", "synthetic", [rec])
+    assert "random" in table and "pretrained on" not in table
+
 
 def test_tasks_on_the_same_training_rows_share_one_pretraining(world):
     """The pretraining key covers the training rows' own pixels, not the rest of a task's image store."""
