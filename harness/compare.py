@@ -65,7 +65,12 @@ def render(task: str, a: str, b: str, rows: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lo, hi = r["ci95"]
-        ci = f"[{lo:+.4f}, {hi:+.4f}]" if not math.isnan(lo) else "n/a (one seed)"
+        if math.isnan(lo):
+            ci = "n/a (one seed)"
+        elif np.ptp(r["diff"]) == 0:  # e.g. a deterministic probe at 100 % labels on one pretraining
+            ci = "n/a (identical across seeds)"
+        else:
+            ci = f"[{lo:+.4f}, {hi:+.4f}]"
         lines.append(f"| {r['fraction']:g} | {len(r['seeds'])} | {_ms(r['a'])} | {_ms(r['b'])} | "
                      f"{r['mean_diff']:+.4f} | {ci} | {r['wins']}/{len(r['seeds'])} |")
     metric = rows[0]["metric"] if rows else "?"

@@ -85,3 +85,11 @@ def test_compare_pairs_by_seed(tmp_path, capsys):
     assert "| 0.1 | 3 |" in out and "3/3" in out and "synthetic data" in out
     assert main(["compare", "--results", str(tmp_path), "--task", "t", "moco", "nope"]) == 2
     assert "no row 'nope'" in capsys.readouterr().err
+
+    for seed in range(3):  # the seeds change nothing (deterministic probe, one pretraining): no fake interval
+        write_record(tmp_path, make_record(seed, method="moco", metrics={"auroc_macro": 0.8}, fraction=1.0))
+        write_record(tmp_path, make_record(seed, method="random", metrics={"auroc_macro": 0.7}, fraction=1.0,
+                                           weights_sha256="r" * 64))
+    assert main(["compare", "--results", str(tmp_path), "--task", "t", "moco", "random"]) == 0
+    [full] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")]
+    assert "+0.1000 | n/a (identical across seeds) | 3/3" in full
