@@ -559,6 +559,7 @@ SYNTH_SOURCE = {"mimic-cxr": "mimic", "chexpert": "chexpert", "nih14": "nih14", 
 
 
 def _suite_runs(profile: BenchProfile, work: Path, methods: list[str], tasks: list[Any]) -> list[dict[str, Any]]:
+    from harness.data.schema import DataError
     from harness.runner import RunError, RunRequest, execute
 
     rows = []
@@ -572,8 +573,8 @@ def _suite_runs(profile: BenchProfile, work: Path, methods: list[str], tasks: li
                 rec = json.loads(execute(req).path.read_text())  # the record as the runner wrote it
                 row.update(status="done", timings=rec["timings"], wall=rec["wall_time_s"],
                            main=f"{rec['main_metric']} {rec['metrics'][rec['main_metric']]:.3f}")
-            except RunError as exc:
-                row.update(status="refused", why=str(exc)[:100])
+            except (RunError, DataError) as exc:  # a combination declined: a capability, or data the method needs
+                row.update(status="refused", why=f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
             except Exception as exc:  # noqa: BLE001  (a broken cell is reported in the table, the rest still run)
                 row.update(status="failed", why=f"{type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
             row["elapsed"] = time.perf_counter() - t
@@ -620,7 +621,9 @@ def bench_suite(profile: BenchProfile, work: Path) -> tuple[Figure, str]:
              f"`HARNESS_CACHE` (every image cache, feature cache and pretraining is built during the run), the "
              f"synthetic world at scale {profile.p5_world_scale:g}.{subset} Methods not in this checkout: "
              f"{unavailable or 'none'}. Split from the `timings` of the records the runner wrote (`extract_s` is "
-             "the part of `protocol_s` spent in `extract_features`).", "",
+             "the part of `protocol_s` spent in `extract_features`). Refused: the combination was declined before "
+             "any training, for a capability the task requires (RunError) or data the method needs, such as "
+             "reports or EHR (DataError); failed: anything else.", "",
              "| where | seconds | share |", "|---|---|---|"]
     lines += [f"| {name} | {sec:.1f} | {100 * sec / max(total, 1e-9):.0f} % |" for name, sec in split]
     lines += ["", "| method | task | status | wall s | data s | pretrain s | extract s | protocol s | main metric |",
