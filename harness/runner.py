@@ -71,8 +71,11 @@ def effective_pretrain_on(method: Any, task: TaskSpec, pretrain_on: str | None) 
 
     Only methods that pretrain on the task's data (``"{task}"`` in their card's ``pretraining_data``)
     take it; for the others (``random``, ``imagenet``, submissions) it means nothing and is dropped, so
-    their records and leaderboard rows do not claim a pretraining that never happened.
+    their records and leaderboard rows do not claim a pretraining that never happened. An unknown
+    dataset is an error for every method (RunError), so a typo never passes silently.
     """
+    if pretrain_on is not None and pretrain_on not in DATASETS:
+        raise RunError(f"--pretrain-on {pretrain_on!r}: unknown dataset; choose from {sorted(DATASETS.names())}")
     if pretrain_on is None or pretrain_on == task.dataset:
         return None
     if "{task}" not in method.card.pretraining_data:
@@ -328,8 +331,6 @@ def prepare(req: RunRequest) -> Prepared:
     if missing:
         raise RunError(f"method {req.method!r} lacks capability {missing} required by task {task.name!r}")
 
-    if req.pretrain_on is not None and req.pretrain_on not in DATASETS:
-        raise RunError(f"--pretrain-on {req.pretrain_on!r}: unknown dataset; choose from {sorted(DATASETS.names())}")
     pretrain_on = effective_pretrain_on(method, task, req.pretrain_on)
 
     needs_root = any(getattr(DATASETS.get(d), "needs_data_root", True) for d in (task.dataset, task.eval_dataset) if d)
