@@ -262,8 +262,7 @@ def peak_rss() -> Iterator[dict[str, float]]:
     try:
         yield box
     finally:
-        peak = _status_kb("VmHWM") if before is not None else None
-        if before is not None and peak is not None:
+        if before is not None and (peak := _status_kb("VmHWM")) is not None:
             box.update(peak_mb=peak / 1024, added_mb=max(0, peak - before) / 1024)
 
 
