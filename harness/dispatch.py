@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import shutil
 import time
 import traceback
 from collections.abc import Sequence
@@ -170,13 +171,26 @@ def make_executor(args: argparse.Namespace, *, tasks_per_node: int | None = None
         return executor
     if args.executor != "slurm":
         raise DispatchError(f"unknown executor {args.executor!r}; choose from {EXECUTORS}")
+    if shutil.which("srun") is None:  # submitit's SlurmExecutor needs it; say so in one line
+        raise DispatchError("--executor slurm: no `srun` on PATH, so this machine cannot submit Slurm jobs "
+                            "(run on a Slurm login node, or use --executor local)")
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=3)
+    executor.update_parameters(**slurm_parameters(opts, ntasks, dependency))
+    return executor
+
+
+def slurm_parameters(opts: dict[str, Any], tasks_per_node: int, dependency: str | None = None) -> dict[str, Any]:
+    """submitit's Slurm parameters (``AutoExecutor.update_parameters``) for the resolved options.
+
+    Every option becomes one ``#SBATCH`` line of the job script (the ``slurm`` tests read the
+    script submitit writes); the rest go through ``slurm_additional_parameters``.
+    """
     extra = dict(opts.get("slurm_extra", {}))
     if dependency:
         extra["dependency"] = dependency
     params: dict[str, Any] = {
         "name": "harness", "timeout_min": opts.get("time_min", DEFAULT_TIME_MIN), "nodes": 1,
-        "tasks_per_node": ntasks, "slurm_setup": _pythonpath_setup(),
+        "tasks_per_node": tasks_per_node, "slurm_setup": _pythonpath_setup(),
         "slurm_additional_parameters": extra,
     }
     for key, target in (("gpus_per_node", "gpus_per_node"), ("cpus_per_task", "cpus_per_task"),
@@ -185,8 +199,7 @@ def make_executor(args: argparse.Namespace, *, tasks_per_node: int | None = None
                         ("array_parallelism", "slurm_array_parallelism")):
         if opts.get(key) is not None:
             params[target] = opts[key]
-    executor.update_parameters(**params)
-    return executor
+    return params
 
 
 # ---------------------------------------------------------------------------------------------- the job

@@ -29,6 +29,16 @@ def session_cache() -> Path:
     return _SESSION_CACHE
 
 
+@pytest.fixture(scope="session")
+def corpus_world(tmp_path_factory) -> Path:
+    """The bad-input corpus's small synthetic world (scale 0.05, seed 1): damaged only in copies."""
+    from harness.synth import write_world
+
+    root = tmp_path_factory.mktemp("bad-inputs-world")
+    write_world(root, scale=0.05, seed=1, progress=False)
+    return root
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Remove the session's cache (about 1.5 GB after a full run): every run used to leave one in /tmp.
     ``HARNESS_KEEP_TEST_CACHE=1`` keeps it for a post-mortem; its path is printed then."""

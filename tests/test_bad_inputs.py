@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import gzip
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,90 +30,38 @@ from harness.catalog import DATASETS
 from harness.cli import main
 from harness.cohort import build_task_data
 from harness.data.images import decode_image
-from harness.data.roots import MARKER
 from harness.data.schema import DataError
 from harness.runner import get_task
-
-MIMIC_JPG = "mimic-cxr-jpg"
-META = "mimic-cxr-2.0.0-metadata.csv.gz"
-SPLIT = "mimic-cxr-2.0.0-split.csv.gz"
-LABELS = "mimic-cxr-2.0.0-chexpert.csv.gz"
-NIH_CSV = "Data_Entry_2017_v2020.csv"
-CHEX = "CheXpert-v1.0-small"
-FOLDERS = {"mimic-cxr": ("mimic-cxr-jpg", "mimic-cxr", "mimiciv"), "chexpert": ("chexpert",),
-           "nih14": ("nih14",), "openi": ("openi",)}
-
+from tests.corpus import (
+    CHEX,
+    FOLDERS,
+    LABELS,
+    META,
+    MIMIC_JPG,
+    NIH_CSV,
+    SPLIT,
+    add_column,
+    cli_error,
+    copy_of,
+    drop_column,
+    lines,
+    load,
+    one_line_error,
+    set_cell,
+)
 
 # ------------------------------------------------------------------------------------------ the world
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    from harness.synth import write_world
-
-    root = tmp_path_factory.mktemp("bad-inputs-world")
-    write_world(root, scale=0.05, seed=1, progress=False)
-    return root
+def world(corpus_world) -> Path:
+    return corpus_world
 
 
 @pytest.fixture(scope="module")
 def baseline(world) -> dict[str, dict[str, int]]:
     """Each dataset's counted skips on the undamaged world (planted quirks may already count)."""
     return {name: dict(DATASETS.get(name).load(world, data_source="synthetic").skipped) for name in FOLDERS}
-
-
-def copy_of(world: Path, tmp: Path, dataset: str) -> Path:
-    """A data root holding one dataset's folders of the world (and the synthetic marker)."""
-    root = tmp / "root"
-    root.mkdir()
-    shutil.copy(world / MARKER, root / MARKER)
-    for folder in FOLDERS[dataset]:
-        shutil.copytree(world / folder, root / folder)
-    return root
-
-
-def lines(path: Path) -> list[str]:
-    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    return data.decode().split("\n")
-
-
-def write(path: Path, rows: list[str]) -> None:
-    data = "\n".join(rows).encode()
-    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
-
-
-def set_cell(path: Path, row: int, column: str, value: str) -> int:
-    """Set one cell (``row`` 0-based over data rows) of a simple CSV; returns the file line number."""
-    rows = lines(path)
-    header = rows[0].split(",")
-    cells = rows[row + 1].split(",")
-    cells[header.index(column)] = value
-    rows[row + 1] = ",".join(cells)
-    write(path, rows)
-    return row + 2
-
-
-def drop_column(path: Path, column: str) -> None:
-    rows = lines(path)
-    j = rows[0].split(",").index(column)
-    write(path, [",".join(c for i, c in enumerate(r.split(",")) if i != j) if r else r for r in rows])
-
-
-def add_column(path: Path, name: str, value: str) -> None:
-    rows = lines(path)
-    write(path, [f"{r},{name if i == 0 else value}" if r else r for i, r in enumerate(rows)])
-
-
-def load(dataset: str, root: Path):
-    return DATASETS.get(dataset).load(root, data_source="synthetic")
-
-
-def one_line_error(dataset: str, root: Path) -> str:
-    with pytest.raises(DataError) as err:
-        load(dataset, root)
-    message = str(err.value)
-    assert "\n" not in message, message
-    return message
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -391,18 +338,6 @@ def test_rgba_and_16_bit_pngs_are_decoded_not_skipped(mode, world, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ through the CLI
-
-
-def cli_error(argv: list[str], capsys) -> str:
-    """Run the CLI; assert exit 2, exactly one error line, no traceback; return that line."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    errors = [line for line in err.splitlines() if line.startswith("harness: error:")]
-    assert len(errors) == 1, err
-    others = [line for line in err.splitlines() if line and not line.startswith(("harness: error:", "WARNING"))]
-    assert not others, err  # nothing but warnings besides the one error line
-    return errors[0]
 
 
 def test_cli_run_on_a_corrupt_report_is_one_line(world, tmp_path, capsys):

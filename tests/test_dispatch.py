@@ -37,23 +37,32 @@ needs_mock = pytest.mark.skipif(not _mock_ready(), reason="the mock task / rando
 # ------------------------------------------------------------------------------------------ options
 
 
-def test_slurm_options_become_sbatch_lines(tmp_path):
+SLURM_ARGV = ("--partition", "gpu", "--time-min", "90", "--constraint", "a100", "--cpus-per-task", "8",
+              "--tasks-per-node", "2", "--slurm-extra", "exclusive=user", "--array-parallelism", "3")
+SLURM_YAML = ("partition: from-yaml\naccount: lab\nqos: high\ngpus_per_node: 2\nmem_gb: 64\n"
+              "slurm_extra: {reservation: ml}\n")
+
+
+def test_slurm_options_become_submitit_parameters(tmp_path):
+    """The mapping from options to submitit's Slurm parameters, without Slurm installed."""
     config = tmp_path / "cluster.yaml"
-    config.write_text("partition: from-yaml\naccount: lab\nqos: high\ngpus_per_node: 2\nmem_gb: 64\n"
-                      "slurm_extra: {reservation: ml}\n")
-    args = _args("--executor", "slurm", "--slurm-config", str(config), "--partition", "gpu", "--time-min", "90",
-                 "--constraint", "a100", "--cpus-per-task", "8", "--tasks-per-node", "2", "--slurm-extra",
-                 "exclusive=user", "--logs", str(tmp_path / "logs"), "--array-parallelism", "3")
-    executor = dispatch.make_executor(args, dependency="afterok:42_0")
-    text = executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
-    lines = {line for line in text.splitlines() if line.startswith("#SBATCH")}
-    for expected in ("--partition=gpu", "--account=lab", "--qos=high", "--gpus-per-node=2", "--mem=64GB",
-                     "--time=90", "--constraint=a100", "--cpus-per-task=8", "--ntasks-per-node=2",
-                     "--reservation=ml", "--exclusive=user", "--dependency=afterok:42_0", "--nodes=1"):
-        assert f"#SBATCH {expected}" in lines, (expected, sorted(lines))
-    assert any(line.startswith("#SBATCH --signal=USR2@") for line in lines)  # preemption -> checkpoint
-    assert "export PYTHONPATH=" in text  # jobs can unpickle harness.dispatch.RunJob from this checkout
-    assert executor._executor.parameters["array_parallelism"] == 3
+    config.write_text(SLURM_YAML)
+    opts = dispatch.resolved_options(_args("--executor", "slurm", "--slurm-config", str(config), *SLURM_ARGV))
+    params = dispatch.slurm_parameters(opts, tasks_per_node=2, dependency="afterok:42_0")
+    assert params["slurm_partition"] == "gpu"  # the command line wins over the YAML
+    assert (params["slurm_account"], params["slurm_qos"], params["gpus_per_node"], params["mem_gb"]) == \
+        ("lab", "high", 2, 64.0)
+    assert (params["timeout_min"], params["slurm_constraint"], params["cpus_per_task"]) == (90, "a100", 8)
+    assert params["tasks_per_node"] == 2 and params["nodes"] == 1 and params["slurm_array_parallelism"] == 3
+    assert params["slurm_additional_parameters"] == {"reservation": "ml", "exclusive": "user",
+                                                      "dependency": "afterok:42_0"}
+    assert any("export PYTHONPATH=" in line for line in params["slurm_setup"])
+
+
+def test_slurm_executor_without_srun_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH on which no srun exists
+    with pytest.raises(dispatch.DispatchError, match=r"^--executor slurm: no `srun` on PATH"):
+        dispatch.make_executor(_args("--executor", "slurm", "--logs", str(tmp_path)))
 
 
 def test_slurm_config_rejects_unknown_keys_naming_the_file(tmp_path):

@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 from slurm_fixture import SingleNodeSlurm, SlurmUnavailable
 
+from harness import dispatch
+from tests import test_dispatch
+
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,3 +70,21 @@ def test_fixture_runs_plain_srun(slurm):
                          check=False)
     assert out.returncode == 0 and out.stdout.strip(), out.stderr
     assert os.environ.get("SLURM_CONF") != str(slurm.conf)  # the fixture leaves this process's env alone
+
+
+def test_slurm_options_become_sbatch_lines(slurm, tmp_path):
+    """The job script submitit writes for the options (its SlurmExecutor needs srun on PATH)."""
+    config = tmp_path / "cluster.yaml"
+    config.write_text(test_dispatch.SLURM_YAML)
+    args = test_dispatch._args("--executor", "slurm", "--slurm-config", str(config), *test_dispatch.SLURM_ARGV,
+                               "--logs", str(tmp_path / "logs"))
+    executor = dispatch.make_executor(args, dependency="afterok:42_0")
+    text = executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
+    lines = {line for line in text.splitlines() if line.startswith("#SBATCH")}
+    for expected in ("--partition=gpu", "--account=lab", "--qos=high", "--gpus-per-node=2", "--mem=64GB",
+                     "--time=90", "--constraint=a100", "--cpus-per-task=8", "--ntasks-per-node=2",
+                     "--reservation=ml", "--exclusive=user", "--dependency=afterok:42_0", "--nodes=1"):
+        assert f"#SBATCH {expected}" in lines, (expected, sorted(lines))
+    assert any(line.startswith("#SBATCH --signal=USR2@") for line in lines)  # preemption -> checkpoint
+    assert "export PYTHONPATH=" in text  # jobs can unpickle harness.dispatch.RunJob from this checkout
+    assert executor._executor.parameters["array_parallelism"] == 3
