@@ -451,7 +451,46 @@ def _openi_projection_missing(root: Path) -> dict:
     return {"warnings": {"image without a row in indiana_projections.csv (view blank)": 1}}
 
 
+def _mimic_metadata_row_missing(root: Path) -> dict:
+    """A metadata table with a row missing: 2.1.0's IMAGE_FILENAMES still lists that JPG."""
+    path = root / MIMIC_JPG / META
+    rows = lines(path)
+    write(path, rows[:3] + rows[4:])
+    return {"skipped": {"image in IMAGE_FILENAMES without a metadata row (not loaded)": 1}, "removed": 1}
+
+
+def _chexpert_csv_row_missing(root: Path) -> dict:
+    path = root / "chexpert" / CHEX / "train.csv"
+    rows = lines(path)
+    write(path, rows[:2] + rows[3:])
+    return {"skipped": {"JPG under train/ or valid/ without a row in train.csv / valid.csv (not loaded)": 1},
+            "removed": 1}
+
+
+def _nih_label_row_missing(root: Path) -> dict:
+    path = root / "nih14" / NIH_CSV
+    rows = lines(path)
+    write(path, rows[:4] + rows[5:])
+    return {"skipped": {"PNG without a row in the label file (not loaded)": 1,
+                        "split-list entry not in the label file": 1}, "removed": 1}
+
+
+def _openi_parent_image_missing(root: Path) -> dict:
+    """An XML that lost one of its two parentImage elements (a damaged report file): its PNG is orphaned."""
+    for xml in sorted((root / "openi" / "ecgen-radiology").glob("*.xml")):
+        text = xml.read_text()
+        if text.count("<parentImage ") >= 2:
+            start = text.index("<parentImage ")
+            xml.write_text(text[:start] + text[text.index("</parentImage>", start) + len("</parentImage>"):])
+            break
+    return {"skipped": {"PNG of no report's image (not loaded)": 1}, "removed": 1}
+
+
 COUNTED = {
+    "mimic: metadata row missing": ("mimic-cxr", _mimic_metadata_row_missing),
+    "chexpert: train.csv row missing": ("chexpert", _chexpert_csv_row_missing),
+    "nih14: label-file row missing": ("nih14", _nih_label_row_missing),
+    "openi: parentImage missing from a report": ("openi", _openi_parent_image_missing),
     "mimic: study without a label row": ("mimic-cxr", _mimic_no_label_row),
     "mimic: label row of a study without images": ("mimic-cxr", _mimic_label_row_without_image),
     "mimic: No Finding with a positive finding": ("mimic-cxr", _mimic_contradictory),
@@ -483,7 +522,7 @@ def test_label_view_and_file_integrity_is_counted_per_reason(case, world, tmp_pa
     records = load(dataset, root)
     assert records.warnings == plus(base.warnings, expected.get("warnings", {}))
     assert records.skipped == plus(base.skipped, expected.get("skipped", {}))
-    assert len(records.frame) == n_before  # all of these keep every image of the records
+    assert len(records.frame) == n_before - expected.get("removed", 0)  # the rest keep every image
     assert records.problems == base.problems  # a warning is not a problem: data check still passes
     if "unknown_views" in expected:
         assert set(expected["unknown_views"]) <= set(records.unknown_views)

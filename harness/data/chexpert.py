@@ -51,8 +51,9 @@ Bad input: a missing column, an unknown value in Sex / Frontal/Lateral / a
 label, a non-numeric age, an unparseable Path or a duplicated Path is a
 ``DataError`` naming file, line and column; so is a CSV that ends in the middle
 of a row (a truncated copy). With ``check_files`` a CSV row whose
-image file is absent is skipped and counted (``"image file missing"``); test
-images and ``groundtruth.csv`` studies that do not match are counted too.
+image file is absent is skipped and counted (``"image file missing"``), and so is a
+JPG under ``train/`` or ``valid/`` that no CSV row lists (a CSV with rows missing);
+test images and ``groundtruth.csv`` studies that do not match are counted too.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ VIEW_BLANK = "AP/PA blank on a Frontal image (view FRONTAL)"
 VIEW_UNKNOWN = "AP/PA not a known value (AP, PA, LL, RL)"
 VIEW_LATERAL_ON_FRONTAL = "AP/PA LL or RL on a Frontal image (view kept as written)"
 VIEW_ON_LATERAL = "AP/PA given on a Lateral image (view LATERAL: Frontal/Lateral wins)"
+JPG_WITHOUT_ROW = "JPG under train/ or valid/ without a row in train.csv / valid.csv (not loaded)"
 
 
 def find_release(root: Path) -> tuple[Path | None, list[str]]:
@@ -262,6 +264,7 @@ def load(root: Path, *, data_source: DataSource = "real", check_files: bool = Tr
         raise DataError(f"{root / 'chexpert'}: no train.csv or valid.csv (looked in "
                         f"{', '.join(RELEASES)} and the folder itself)")
     parts, skipped, warnings, split_files = [], {}, {}, {}
+    rows_without_file: list[str] = []
     for csv_name in SPLIT_OF_CSV:
         if not (release / csv_name).is_file():
             notes.append(f"{release / csv_name} not found")
@@ -272,6 +275,7 @@ def load(root: Path, *, data_source: DataSource = "real", check_files: bool = Tr
         if check_files:
             exists = np.array([os.path.isfile(p) for p in frame["path"]], dtype=bool)
             _count(skipped, "image file missing", int((~exists).sum()))
+            rows_without_file += frame.loc[~exists, "image_id"].tolist()
             frame = frame[exists]
         parts.append(frame)
     test, test_notes = _test_records(release, root / "chexpert", skipped)
@@ -289,6 +293,8 @@ def load(root: Path, *, data_source: DataSource = "real", check_files: bool = Tr
     count(warnings, CONTRADICTORY, int(contradictory(frame, CHEXPERT_14).sum()))
     if check_files:
         _count_other_release(frame, release, root / "chexpert", warnings)
+        listed = set(frame["image_id"]) | set(rows_without_file)
+        _count(skipped, JPG_WITHOUT_ROW, sum(1 for rel in _csv_images_on_disk(release) if rel not in listed))
     unknown = sorted(set(frame["view"]) - {"AP", "PA", "LATERAL", "LL", "RL", ""})  # FRONTAL: projection unknown
     records = Records(NAME, frame, CHEXPERT_14, root, data_source, skipped=skipped,
                       extras={"release": release.name, "notes": notes}, warnings=warnings,
@@ -296,6 +302,16 @@ def load(root: Path, *, data_source: DataSource = "real", check_files: bool = Tr
     records.validate()
     note_split_leaks(records)
     return records
+
+
+def _csv_images_on_disk(release: Path) -> list[str]:
+    """``train/...`` / ``valid/...`` relative paths of the JPGs under the release (what the CSVs should list)."""
+    found = []
+    for sub in ("train", "valid"):
+        for dirpath, _, filenames in os.walk(release / sub):
+            rel = os.path.relpath(dirpath, release)
+            found += [f"{rel}/{name}" for name in filenames if name.lower().endswith(".jpg")]
+    return found
 
 
 def _count_other_release(frame: pd.DataFrame, release: Path, base: Path, warnings: dict[str, int]) -> None:

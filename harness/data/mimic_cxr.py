@@ -40,6 +40,8 @@ What ``load`` does, row by row (one row per image = per metadata row):
   kept as in the file), a blank ``ViewPosition``, a value outside the documented ones
   (``PA``, ``AP``, ``LATERAL``, ``LL`` and the 12 rare ones such as ``LAO``, ``SWIMMERS``),
   a JPG also present in another version folder (the chosen version's file is used);
+* an image listed in the 2.1.0 ``IMAGE_FILENAMES`` whose dicom_id has no metadata row (a
+  metadata table with rows missing) is counted in ``skipped``;
 * a patient whose images are in more than one split of ``split.csv`` is a problem
   (``harness data check`` fails) and a warning: the split is meant to be patient-disjoint;
 * ``ViewPosition`` NaN -> ``view=""``; ``StudyTime`` zero-padded to 6 integer digits
@@ -100,6 +102,7 @@ LABEL_ROW_WITHOUT_IMAGE = "label row of a study without images"
 VIEW_BLANK = "ViewPosition blank"
 VIEW_UNKNOWN = "ViewPosition not a known value"
 OTHER_VERSION_COPY = "JPG also in another MIMIC-CXR-JPG version folder (the chosen version's file is used)"
+LISTED_WITHOUT_METADATA = "image in IMAGE_FILENAMES without a metadata row (not loaded)"
 
 _METADATA_COLUMNS = {"dicom_id": "key", "subject_id": "int", "study_id": "int", "ViewPosition": "str",
                      "StudyDate": "date", "StudyTime": "float",
@@ -285,6 +288,19 @@ def _attach_reports(frame: pd.DataFrame, report_dirs: tuple[Path, ...]) -> tuple
     return int((~frame["study_id"].isin(found.keys())).sum()), int(frame["study_id"].isin(empty).sum())
 
 
+def _listed_without_metadata(jpg_root: Path, dicom_ids: pd.Series) -> int:
+    """Entries of ``IMAGE_FILENAMES`` (2.1.0: one line per JPG) whose dicom_id the metadata lacks; 0 without it."""
+    listing = jpg_root / "IMAGE_FILENAMES"
+    if not listing.is_file():
+        return 0
+    try:
+        names = listing.read_text(encoding="utf-8").split()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{listing}: encoding: not valid UTF-8; the file is probably corrupt") from err
+    stems = {name.rsplit("/", 1)[-1].removesuffix(".jpg") for name in names if name.endswith(".jpg")}
+    return len(stems - set(dicom_ids))
+
+
 def _view_warnings(frame: pd.DataFrame, warnings: dict[str, int]) -> None:
     view = frame["view"]
     count(warnings, VIEW_BLANK, int((view == "").sum()))
@@ -401,6 +417,7 @@ class MimicCxrAdapter:
         imaged = labels.set_index(["subject_id", "study_id"]).index.isin(
             pd.MultiIndex.from_frame(meta[["subject_id", "study_id"]]))
         count(skipped, LABEL_ROW_WITHOUT_IMAGE, int((~imaged).sum()))
+        count(skipped, LISTED_WITHOUT_METADATA, _listed_without_metadata(jpg_root, meta["dicom_id"]))
         if test_labels == "radiologist":
             self._use_radiologist_labels(frame, jpg_root, problems, extras)
         return self._records_frame(frame, jpg_root), problems, extras

@@ -41,8 +41,8 @@ truncated copy ends with one), an unknown label, a bad age, sex or id, a split-l
 line that is not an image file name, an image listed in both split files, or a
 truncated or corrupt ``.csv.gz`` is a ``DataError`` naming file, line and field.
 With ``check_files`` a row whose PNG is not found is skipped and counted
-(``"image file missing"``); split-list entries that are not in the label file are
-counted too.
+(``"image file missing"``); split-list entries that are not in the label file and
+PNGs without a row in it (a label file with rows missing) are counted too.
 
 Warnings (rows kept, counted): ``No Finding`` listed together with a finding (labels
 kept as in the file), a ``View Position`` that is blank or not PA / AP (NIH has no
@@ -95,6 +95,7 @@ VIEW_BLANK = "View Position blank"
 VIEW_UNKNOWN = "View Position not PA or AP"
 SEVERAL_COPIES = "PNG in several image folders (the first in sorted path order is used)"
 NOT_IN_LABEL_FILE = "split-list entry not in the label file"
+PNG_WITHOUT_ROW = "PNG without a row in the label file (not loaded)"
 
 
 def _bad(path: Path, frame: pd.DataFrame, mask, field: str, message: str) -> DataError:
@@ -334,6 +335,7 @@ def load(root: Path, *, data_source: DataSource = "real", check_files: bool = Tr
     frame["split"] = _splits(folder, frame["image_id"], notes, skipped, split_files)
     copies: dict[str, int] = {}
     pngs = index_pngs(folder, copies)
+    count(skipped, PNG_WITHOUT_ROW, len(pngs.keys() - set(frame["image_id"])))
     found = frame["image_id"].map(pngs)
     if check_files:
         missing = found.isna().to_numpy()

@@ -52,7 +52,9 @@ Records (one row per image):
 
 Skips (counted): ``"report without images"`` (104 real reports have no
 ``parentImage``), ``"image file missing"`` (with ``check_files``),
-``"image without report"`` (Kaggle projections whose uid has no report row).
+``"image without report"`` (Kaggle projections whose uid has no report row),
+``"PNG of no report's image"`` (a PNG no report lists: a report file or a
+``parentImage`` missing).
 Warnings (rows kept, counted): several PNGs for one image id (in two folders, or
 both ``<id>.png`` and the Kaggle ``.dcm.png``: ``<id>.png``, then the first in
 sorted path order, is used) and, when ``indiana_projections.csv`` is read next to
@@ -95,6 +97,7 @@ SECTIONS = {"INDICATION": "indication", "FINDINGS": "findings", "IMPRESSION": "i
 VIEWS = {"Frontal": "FRONTAL", "Lateral": "LATERAL"}
 SEVERAL_COPIES = "several PNGs for one image id (<id>.png, then the first in sorted path order, is used)"
 NO_PROJECTION = f"image without a row in {KAGGLE_PROJECTIONS} (view blank)"
+UNREFERENCED_PNG = "PNG of no report's image (not loaded)"
 
 
 def substring_labels(terms: pd.Series) -> dict[str, np.ndarray]:
@@ -304,6 +307,8 @@ def load(root: Path, *, data_source: DataSource = "real", check_files: bool = Tr
     pngs = index_pngs(folder, copies)
     paths = _locate(frame["image_id"], pngs)
     count(warnings, SEVERAL_COPIES, sum(_n_candidates(i, pngs, copies) > 1 for i in frame["image_id"]))
+    referenced = {n for i in frame["image_id"] for n in (f"{i}.png", _kaggle_name(i)) if n}
+    count(skipped, UNREFERENCED_PNG, len(pngs.keys() - referenced))
     if check_files:
         missing = paths.isna().to_numpy()
         if missing.all() and len(frame):
