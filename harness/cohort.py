@@ -1,9 +1,9 @@
 """From a dataset's records and a task spec to the data a protocol sees.
 
 Applies, in this order and visibly: view filter, split assignment (official, or
-by a hash of the patient id where a split is missing), the split-integrity check,
-the removal of images without a label row (labelled tasks), label policy, and the
-removal of undecodable images. Label fractions are drawn by patient, nested (the
+by a hash of the patient id where a split is missing), the removal of images
+without a label row (labelled tasks), the split-integrity check, label policy, and
+the removal of undecodable images. Label fractions are drawn by patient, nested (the
 1 % patients are inside the 10 % ones) and deterministic per seed. Pretraining data
 is the task's TRAINING split only, by construction, and ``check_pretraining`` proves
 that any other pretraining rows share no patient with the task's val or test split.
@@ -299,7 +299,7 @@ def _split_integrity(task: TaskSpec, frame: pd.DataFrame, split_files: dict[str,
         where = task.path or f"task {task.name}"
         raise DataError(f"{files}: split: {dataset} patient {patient} is in both {split_names(official)} "
                         f"({len(leaks)} patient(s) of the cohort in more than one split); the split is not "
-                        f"patient-disjoint: fix it, or set split: {{on_leak: drop}} in {where} to keep each such "
+                        f"patient-disjoint: fix the file, or set split: {{on_leak: drop}} in {where} to keep each such "
                         "patient only in its most held-out split")
     if leaks:
         keys = pd.MultiIndex.from_frame(frame[["dataset", "patient_id"]])

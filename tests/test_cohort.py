@@ -127,8 +127,8 @@ def test_a_leak_is_refused_naming_file_patient_and_splits():
         build_task_data(_task(), _official(), 4, store_factory=_store)
     assert str(err.value) == (
         "/d/split.csv: split: d patient P0 is in both train and test (1 patient(s) of the cohort in more than one "
-        "split); the split is not patient-disjoint: fix it, or set split: {on_leak: drop} in /tasks/t.yaml to keep "
-        "each such patient only in its most held-out split")
+        "split); the split is not patient-disjoint: fix the file, or set split: {on_leak: drop} in /tasks/t.yaml "
+        "to keep each such patient only in its most held-out split")
     lateral_only = _official(leak=False)  # a leak the task's views never see is not the task's leak
     lateral_only.frame.loc[lateral_only.frame["image_id"] == "0-0", "split"] = "test"  # k = 0 is the LATERAL
     data = build_task_data(_task(), lateral_only, 4, store_factory=_store)
