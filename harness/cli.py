@@ -122,9 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--sources", nargs="+", default=["mimic", "chexpert", "nih14", "openi"])
     ps.add_argument("--scale", type=float, default=1.0)
     ps.add_argument("--seed", type=int, default=0)
-    pc = dsub.add_parser("check", help="validate a dataset layout: counts and every problem found")
+    pc = dsub.add_parser("check", help="validate a dataset layout and decode every image: counts, skips, "
+                                       "warnings and every problem found (exit 2 on a problem or an absent dataset)")
     pc.add_argument("dataset")
     pc.add_argument("--root", default=None, help="data root (default: HARNESS_DATA_ROOT or the synthetic world)")
+    pc.add_argument("--workers", type=int, default=None, metavar="N",
+                    help="image decoding processes (default: one per core, at most 8, from 2,000 images)")
 
     p = _sub(sub, "submit", "score your own encoder on every task it is capable of, like the baselines", """
         python -m harness submit examples.my_encoder:build --name my-enc --tasks mock --profile smoke
@@ -271,6 +274,8 @@ def _print_outcome(rec: dict, path: Path) -> None:
           f"{rec['seed']}): {main} = {rec['metrics'][main]:.4f}{ci_txt}")
     for reason, count in rec.get("skipped", {}).items():
         print(f"  skipped {count}: {reason}")
+    for reason, count in rec.get("warnings", {}).items():
+        print(f"  warning {count}: {reason}")
     print(f"record: {path}")
 
 
@@ -307,12 +312,14 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(f"synthetic world written to {args.out}: {info.get('counts', info)}")
         return 0
     from harness.catalog import DATASETS
+    from harness.data.check import decode_images
     from harness.data.roots import resolve_data_root
 
     root = resolve_data_root(args.root)
     report = DATASETS.get(args.dataset).check(root.path)
+    decode_images(report, workers=args.workers, progress=not args.quiet)
     print(report.render())
-    return 1 if report.problems else 0
+    return 0 if report.ok else 2  # 0 only when a run could use the data: present and no problem
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

@@ -1,10 +1,28 @@
 """From a dataset's records and a task spec to the data a protocol sees.
 
 Applies, in this order and visibly: view filter, split assignment (official, or
-by a hash of the patient id where a split is missing), label policy, and the
-removal of undecodable images (a counted skip). Label fractions are drawn by
-patient, nested (the 1 % patients are inside the 10 % ones) and deterministic per
-seed. Pretraining data is the task's TRAINING split only, by construction.
+by a hash of the patient id where a split is missing), the removal of images
+without a label row (labelled tasks), the split-integrity check, label policy, and
+the removal of undecodable images. Label fractions are drawn by patient, nested (the
+1 % patients are inside the 10 % ones) and deterministic per seed. Pretraining data
+is the task's TRAINING split only, by construction, and ``check_pretraining`` proves
+that any other pretraining rows share no patient with the task's val or test split.
+
+Nothing leaves the cohort silently: every removal is counted in ``TaskData.skipped``
+and every adapter warning is carried in ``TaskData.warnings`` (reason -> count, the
+dataset named in the reason), which the run summary prints and the record stores:
+
+- a row the task's ``views`` exclude although its view is blank or not a known value
+  of the dataset (``Records.unknown_views``) is counted (laterals a frontal task
+  leaves out by design are not: that is the task's definition);
+- a patient whose rows fall into two of the task's train / val / test splits (an
+  official split that is not patient-disjoint) is a ``DataError`` naming the split
+  file(s), the patient and the splits, unless the task says ``split: {on_leak: drop}``:
+  then the patient's rows are kept only in its most held-out split (test > val > train)
+  and the removed rows counted; after that (and for every split method) no patient
+  is in two splits, or the cohort refuses;
+- a labelled task removes (and counts) rows with ``labelled`` False (no label row for
+  the study): their NaN labels would otherwise become all-negative targets.
 """
 
 from __future__ import annotations
@@ -17,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from harness.data.schema import SPLITS, DataError, Records
+from harness.data.schema import SPLITS, DataError, Records, count, leak_files, split_leaks, split_names
 from harness.tasks import LabelPolicy, SplitSpec, TaskSpec
 
 
@@ -69,6 +87,26 @@ def apply_label_policy(frame: pd.DataFrame, labels: tuple[str, ...], policy: Lab
         col = np.where(np.isnan(frame[name].to_numpy(dtype=np.float64)), mapping[policy.blank], col)
         out[:, j] = col
     return out
+
+
+UNKNOWN_VIEW = "view blank or unknown (not in the task's views)"
+LEAK_DROPPED = "patient in more than one split (row removed: kept in its most held-out split)"
+NO_LABEL_ROW = "no label row for the study (row removed: labelled task)"
+UNREADABLE = "unreadable image (row removed)"
+_HELD_OUT = {name: rank for rank, name in enumerate(SPLITS)}  # train < val < test
+
+
+def official_split_used(split: pd.Series, spec: SplitSpec, has_external_test: bool) -> np.ndarray:
+    """Rows whose official split the task uses (what ``assign_splits`` does not mark ``unused``)."""
+    if spec.method == "patient-hash":
+        return np.ones(len(split), dtype=bool)
+    if has_external_test:
+        used = ("train", "val", "")
+    elif spec.test_split != "test":
+        used = ("train", spec.test_split, "")
+    else:
+        used = (*SPLITS, "")
+    return split.isin(used).to_numpy()
 
 
 def assign_splits(frame: pd.DataFrame, spec: SplitSpec, has_external_test: bool) -> pd.Series:
@@ -134,9 +172,10 @@ class TaskData:
     dataset_fingerprint: str
     split_sha256: str
     image_size: int
-    skipped: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows or values removed
     images_fingerprint: str = ""  # the image store's source fingerprint: changes when any pixel file does
     extras: dict[str, object] = field(default_factory=dict)  # Records.extras of the test dataset (e.g. boxes)
+    warnings: dict[str, int] = field(default_factory=dict)  # reason -> rows kept but suspicious (adapters')
 
     def split(self, name: str) -> SplitData:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
@@ -170,29 +209,42 @@ def _frame_hash(frame: pd.DataFrame, cols: list[str]) -> str:
 
 def build_task_data(task: TaskSpec, records: Records, image_size: int, *, eval_records: Records | None = None,
                     store_factory: StoreFactory | None = None, progress: bool = True) -> TaskData:
-    """Apply the task's cohort choices to records (see the module docstring)."""
+    """Apply the task's cohort choices to records (see the module docstring).
+
+    Raises:
+        DataError: a patient in two of the task's splits (unless ``split.on_leak`` is ``drop``), an
+            empty split, or rows without an official split where the task uses it.
+    """
     skipped = {f"{records.dataset}: {k}": v for k, v in records.skipped.items()}
+    warnings = {f"{records.dataset}: {k}": v for k, v in records.warnings.items()}
+    split_files = {records.dataset: records.split_files}
     frames = []
     for recs, is_eval in ((records, False), (eval_records, True)):
         if recs is None:
             continue
-        frame = recs.frame
-        if task.views is not None:
-            frame = frame[frame["view"].isin(task.views)]
+        if is_eval:
+            skipped.update({f"{recs.dataset}: {k}": v for k, v in recs.skipped.items()})
+            warnings.update({f"{recs.dataset}: {k}": v for k, v in recs.warnings.items()})
+            split_files.setdefault(recs.dataset, recs.split_files)
+        frame = _view_filter(task, recs, is_eval, eval_records is not None, skipped)
         if is_eval:
             frame = frame[frame["split"] == task.split.test_split].assign(_task_split="test")
-            skipped.update({f"{recs.dataset}: {k}": v for k, v in recs.skipped.items()})
         else:
             frame = frame.assign(_task_split=assign_splits(frame, task.split, eval_records is not None))
-        frames.append(frame)
+        frame = frame[frame["_task_split"].isin(SPLITS)]
+        if task.labels and "labelled" in frame.columns:
+            labelled = frame["labelled"].fillna(True).astype(bool).to_numpy()
+            count(skipped, f"{recs.dataset}: {NO_LABEL_ROW}", int((~labelled).sum()))
+            frame = frame[labelled]
+        frames.append(frame.drop(columns="labelled", errors="ignore"))
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
-    frame = frame[frame["_task_split"].isin(SPLITS)].reset_index(drop=True)
+    frame = _split_integrity(task, frame, split_files, skipped)
 
     factory = store_factory or (lambda paths, size: _default_store(paths, size, progress))
     store = factory(frame["path"].astype(str).tolist(), image_size)
     bad = np.asarray(store.bad, dtype=bool)
     if bad.any():
-        skipped["unreadable image (row removed)"] = int(bad.sum())
+        skipped[UNREADABLE] = int(bad.sum())
     rows = np.flatnonzero(~bad)
     frame = frame.iloc[rows].reset_index(drop=True)
 
@@ -211,8 +263,58 @@ def build_task_data(task: TaskSpec, records: Records, image_size: int, *, eval_r
         data_source=records.data_source, dataset_fingerprint=hashlib.sha256(fp.encode()).hexdigest(),
         split_sha256=_frame_hash(frame, ["dataset", "image_id", "_task_split"]), image_size=image_size,
         skipped=skipped, images_fingerprint=str(getattr(store, "source_fingerprint", "")),
-        extras=dict((eval_records or records).extras),
+        extras=dict((eval_records or records).extras), warnings=warnings,
     )
+
+
+def _view_filter(task: TaskSpec, recs: Records, is_eval: bool, has_external_test: bool,
+                 skipped: dict[str, int]) -> pd.DataFrame:
+    """The rows of the task's views; the ones left out for a blank or unknown view are counted.
+
+    Only rows the task would otherwise use count (not, say, CheXpert's official test images in a
+    task that tests on valid.csv): the count says what the views filter cost this cohort.
+    """
+    frame = recs.frame
+    if task.views is None:
+        return frame
+    keep = frame["view"].isin(task.views).to_numpy()
+    unknown = frame["view"].isin(("", *recs.unknown_views)).to_numpy()
+    if is_eval:
+        used = (frame["split"] == task.split.test_split).to_numpy()
+    else:
+        used = official_split_used(frame["split"], task.split, has_external_test)
+    count(skipped, f"{recs.dataset}: {UNKNOWN_VIEW}", int((~keep & unknown & used).sum()))
+    return frame[keep]
+
+
+def _split_integrity(task: TaskSpec, frame: pd.DataFrame, split_files: dict[str, dict[str, str]],
+                     skipped: dict[str, int]) -> pd.DataFrame:
+    """Refuse (or, with ``on_leak: drop``, resolve) patients in two of the task's splits; then assert none is."""
+    leaks = split_leaks(frame, "_task_split")
+    if leaks and task.split.on_leak != "drop":
+        (dataset, patient), _ = next(iter(leaks.items()))
+        mine = frame[(frame["dataset"] == dataset) & (frame["patient_id"] == patient)]
+        official = tuple(s for s in SPLITS if s in set(mine["split"])) or tuple(sorted(set(mine["_task_split"])))
+        files = leak_files(split_files.get(dataset, {}), official)
+        where = task.path or f"task {task.name}"
+        raise DataError(f"{files}: split: {dataset} patient {patient} is in both {split_names(official)} "
+                        f"({len(leaks)} patient(s) of the cohort in more than one split); the split is not "
+                        f"patient-disjoint: fix the file, or set split: {{on_leak: drop}} in {where} to keep each such "
+                        "patient only in its most held-out split")
+    if leaks:
+        keys = pd.MultiIndex.from_frame(frame[["dataset", "patient_id"]])
+        most = pd.Series({k: max(v, key=_HELD_OUT.__getitem__) for k, v in leaks.items()})
+        held_out = most.reindex(keys).to_numpy()
+        drop = pd.notna(held_out) & (frame["_task_split"].to_numpy() != held_out)
+        for dataset in frame.loc[drop, "dataset"].unique():
+            count(skipped, f"{dataset}: {LEAK_DROPPED}", int((drop & (frame["dataset"] == dataset).to_numpy()).sum()))
+        frame = frame[~drop].reset_index(drop=True)
+    still = split_leaks(frame, "_task_split")
+    if still:  # every split method must end patient-disjoint; reaching this is a harness bug
+        (dataset, patient), splits = next(iter(still.items()))
+        raise DataError(f"task {task.name}: {dataset} patient {patient} is in {split_names(splits)} after the "
+                        "split assignment")
+    return frame
 
 
 def training_data(data: TaskData) -> TrainingData:
@@ -228,3 +330,33 @@ def training_data(data: TaskData) -> TrainingData:
     fingerprint = hashlib.sha256(f"{rows}:{pixels}:{data.image_size}".encode()).hexdigest()
     return TrainingData(dataset=data.task.dataset, frame=train.frame, images=train.images,
                         data_source=data.data_source, fingerprint=fingerprint)
+
+
+def check_pretraining(train: TrainingData, data: TaskData, what: str) -> TrainingData:
+    """``train`` unchanged, after proving it shares no (dataset, patient) with ``data``'s val or test split.
+
+    Pretraining on an evaluation patient (another dataset's training rows that hold the task's test
+    patients, a ``--pretrain-on`` or a method's ``load_source`` whose split differs from the task's)
+    would inflate every number of the run.
+
+    Args:
+        train: the rows a method is about to pretrain on.
+        data: the task's cohort.
+        what: where ``train`` comes from, for the message (``--pretrain-on chexpert``, ...).
+
+    Raises:
+        DataError: one line naming the dataset, the first shared patient and the splits.
+    """
+    if "patient_id" not in train.frame or "dataset" not in train.frame:
+        return train
+    mine = pd.MultiIndex.from_frame(train.frame[["dataset", "patient_id"]].astype(str)).unique()
+    for name in ("val", "test"):
+        held_out = data.split(name).frame
+        keys = pd.MultiIndex.from_frame(held_out[["dataset", "patient_id"]].astype(str))
+        shared = keys[keys.isin(mine)].unique()
+        if len(shared):
+            dataset, patient = shared[0]
+            raise DataError(f"pretraining data ({what}) shares {dataset} patient {patient} with the {name} split "
+                            f"of task {data.task.name} ({len(shared)} patient(s) in both the pretraining rows and "
+                            f"{name}): a method must never pretrain on the patients it is evaluated on")
+    return train

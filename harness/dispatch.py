@@ -476,14 +476,14 @@ def dispatch_runs(requests: Sequence[RunRequest], args: argparse.Namespace) -> l
     return [outcome_of(job, req) for job, req in zip(jobs, requests, strict=True)]
 
 
-def _skipped(record_path: Path | None) -> dict[str, int]:
-    """A finished run's counted skips (shown like ``harness run`` in-process shows them)."""
+def _skipped(record_path: Path | None, key: str = "skipped") -> dict[str, int]:
+    """A finished run's counted skips (or ``key="warnings"``), shown like ``harness run`` shows them."""
     if record_path is None or record_path.suffix != ".json":
         return {}
     try:
         import json
 
-        return dict(json.loads(record_path.read_text()).get("skipped") or {})
+        return dict(json.loads(record_path.read_text()).get(key) or {})
     except (OSError, ValueError, AttributeError):
         return {}
 
@@ -497,6 +497,7 @@ def describe(outcomes: Sequence[JobOutcome]) -> str:
         if o.status == "done":
             lines.append(f"done    {what}: {o.record_path}  (log: {o.stdout})")
             lines.extend(f"  skipped {n}: {reason}" for reason, n in _skipped(o.record_path).items())
+            lines.extend(f"  warning {n}: {reason}" for reason, n in _skipped(o.record_path, "warnings").items())
         else:
             lines.append(f"FAILED  {what}, job {o.job_id} (log: {o.stderr})")
             lines.extend("    " + line for line in o.error.splitlines())

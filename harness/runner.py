@@ -301,12 +301,16 @@ class Prepared:
 
         Published protocols often pretrain on one dataset and probe on another (MSN+EHR
         pretrains on MIMIC-CXR with its EHR, then probes NIH-14 and CheXpert). Either way only
-        a TRAINING split is offered, in the task's views; evaluation images are never seen.
+        a TRAINING split is offered, in the task's views, and it is checked to share no
+        (dataset, patient) with the task's val or test split (``harness.cohort.check_pretraining``).
+
+        Raises:
+            DataError: the pretraining rows hold a patient of the task's val or test split.
         """
-        from harness.cohort import training_data
+        from harness.cohort import check_pretraining, training_data
 
         if self.pretrain_on is None:
-            return training_data(self.data)
+            return check_pretraining(training_data(self.data), self.data, f"the training split of {self.task.name}")
         return self.load_source(self.pretrain_on, views=self.task.views)
 
 
@@ -315,7 +319,7 @@ def prepare(req: RunRequest) -> Prepared:
 
     Every refusal happens here, before any training.
     """
-    from harness.cohort import build_task_data, training_data
+    from harness.cohort import build_task_data, check_pretraining, training_data
     from harness.data.roots import resolve_data_root
 
     timings: dict[str, float] = {}
@@ -356,7 +360,9 @@ def prepare(req: RunRequest) -> Prepared:
         other_task = dataclasses.replace(task, dataset=name, eval_dataset=None, labels=(), views=views,
                                          split=dataclasses.replace(task.split, method="patient-hash")
                                          if (other.frame["split"] == "").any() else task.split)
-        return training_data(build_task_data(other_task, other, int(config["image_size"]), progress=req.progress))
+        rows = training_data(build_task_data(other_task, other, int(config["image_size"]), progress=req.progress))
+        # whichever split the other dataset gets, none of its training patients may be evaluated here
+        return check_pretraining(rows, data, f"the training split of {name}")
 
     return Prepared(task=task, method=method, protocol=protocol, profile=profile, config=config, device=device,
                     data=data, load_source=load_source, timings=timings, pretrain_on=pretrain_on)
@@ -431,6 +437,7 @@ def execute(req: RunRequest) -> RunOutcome:
         "details": result.details,
         "n": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
         "skipped": data.skipped,
+        "warnings": data.warnings,  # rows kept but suspicious, reason -> count (aggregate only)
         # dataset: whose training split was offered for pretraining (the task's unless --pretrain-on)
         "pretrain": {"cache_key": pretrain_key, "cache_hit": cache_hit, "dataset": train.dataset},
         "harness_version": harness.__version__, "git_commit": results.git_commit(),

@@ -40,7 +40,15 @@ class LabelPolicy:
 @dataclass(frozen=True)
 class SplitSpec:
     """``official`` uses the dataset's split; ``patient-hash`` assigns by a hash of
-    the patient id where no (or no validation) split exists."""
+    the patient id where no (or no validation) split exists.
+
+    ``on_leak`` says what a patient in two of the task's train / val / test splits does
+    (an official split that is not patient-disjoint: a damaged or edited split file):
+    ``error`` (the default) refuses the run with one line naming the split file(s), the
+    patient and the splits; ``drop`` keeps that patient's rows only in its most held-out
+    split (test > val > train) and counts the removed rows in the record's ``skipped``.
+    Set ``drop`` only in a task whose source says the official split is to be used as is.
+    """
 
     method: str = "official"
     # which official split serves as the test set ("val" for CheXpert's valid.csv); with
@@ -49,6 +57,7 @@ class SplitSpec:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     salt: str = "harness-v1"
+    on_leak: str = "error"  # error | drop (see the docstring)
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,8 @@ def _check_semantics(spec: TaskSpec, where: str) -> None:
         raise TaskSpecError(f"{where}: label_policy.per_label names unknown label(s) {unknown_labels}")
     if spec.split.method not in ("official", "patient-hash"):
         raise TaskSpecError(f"{where}: split.method: {spec.split.method!r} is not 'official' or 'patient-hash'")
+    if spec.split.on_leak not in ("error", "drop"):
+        raise TaskSpecError(f"{where}: split.on_leak: {spec.split.on_leak!r} is not 'error' or 'drop'")
     for fr in spec.fractions:
         if not 0 < fr <= 1:
             raise TaskSpecError(f"{where}: fractions: {fr} is not in (0, 1]")

@@ -98,3 +98,75 @@ def test_build_task_data_filters_views_drops_bad_images_and_hashes():
     assert len(data.split_sha256) == 64
     again = build_task_data(task, recs, 4, store_factory=lambda p, s: ArrayStore(len(p), 4, bad=(0,)))
     assert again.split_sha256 == data.split_sha256
+
+
+def _task(**kw) -> TaskSpec:
+    base = dict(name="t", version=1, description="", source="", dataset="d", protocol="linear-probe",
+                main_metric="auroc_macro", metrics=("auroc_macro",), views=("PA",), labels=("A", "B"),
+                split=SplitSpec(method="official", test_split="test", val_fraction=0.25), path="/tasks/t.yaml")
+    return TaskSpec(**{**base, **kw})
+
+
+def _official(leak: bool = True) -> Records:
+    """40 patients split train / val / test by number; P0 also has a frontal image in test when ``leak``."""
+    f = frame()
+    f["split"] = np.where(f["patient_id"].str[1:].astype(int) < 28, "train",
+                          np.where(f["patient_id"].str[1:].astype(int) < 34, "val", "test"))
+    if leak:
+        f.loc[f["image_id"] == "0-2", "split"] = "test"
+    return Records(dataset="d", frame=f, label_names=("A", "B"), root=None, data_source="synthetic",
+                   split_files={"train": "/d/split.csv", "val": "/d/split.csv", "test": "/d/split.csv"})
+
+
+def _store(paths, size):
+    return ArrayStore(len(paths), size)
+
+
+def test_a_leak_is_refused_naming_file_patient_and_splits():
+    with pytest.raises(DataError) as err:
+        build_task_data(_task(), _official(), 4, store_factory=_store)
+    assert str(err.value) == (
+        "/d/split.csv: split: d patient P0 is in both train and test (1 patient(s) of the cohort in more than one "
+        "split); the split is not patient-disjoint: fix the file, or set split: {on_leak: drop} in /tasks/t.yaml "
+        "to keep each such patient only in its most held-out split")
+    lateral_only = _official(leak=False)  # a leak the task's views never see is not the task's leak
+    lateral_only.frame.loc[lateral_only.frame["image_id"] == "0-0", "split"] = "test"  # k = 0 is the LATERAL
+    data = build_task_data(_task(), lateral_only, 4, store_factory=_store)
+    assert "P0" in set(data.train.frame["patient_id"]) and not any("split" in k for k in data.skipped)
+
+
+def test_on_leak_drop_keeps_the_most_held_out_split_and_counts():
+    task = _task(split=SplitSpec(method="official", test_split="test", on_leak="drop"))
+    data = build_task_data(task, _official(), 4, store_factory=_store)
+    assert list(data.test.frame.loc[data.test.frame["patient_id"] == "P0", "image_id"]) == ["0-2"]
+    assert "P0" not in set(data.train.frame["patient_id"]) | set(data.val.frame["patient_id"])
+    assert data.skipped == {"d: patient in more than one split (row removed: kept in its most held-out split)": 1}
+    clean = build_task_data(task, _official(leak=False), 4, store_factory=_store)
+    assert len(clean.train) + len(clean.val) + len(clean.test) == 80 and clean.skipped == {}
+
+
+def test_blank_and_unknown_views_left_out_are_counted_only_where_the_task_would_use_them():
+    recs = _official(leak=False)
+    f = recs.frame
+    f.loc[f["image_id"] == "1-1", "view"] = ""         # train, blank
+    f.loc[f["image_id"] == "2-1", "view"] = "SWIMMERS"  # train, unknown to this dataset
+    f.loc[f["image_id"] == "3-1", "view"] = "LL"        # train, a known non-frontal view: the task's choice
+    f.loc[f["image_id"] == "35-1", "view"] = ""        # test: used
+    recs.unknown_views = ("SWIMMERS",)
+    data = build_task_data(_task(), recs, 4, store_factory=_store)
+    assert data.skipped == {"d: view blank or unknown (not in the task's views)": 3}
+    unused_test = build_task_data(_task(split=SplitSpec(test_split="val")), recs, 4, store_factory=_store)
+    assert unused_test.skipped == {"d: view blank or unknown (not in the task's views)": 2}  # official test unused
+
+
+def test_labelled_tasks_remove_rows_without_a_label_row_and_warnings_are_carried():
+    recs = _official(leak=False)
+    recs.frame["labelled"] = ~recs.frame["patient_id"].isin(["P1", "P30"])
+    recs.warnings = {"study has no label row": 6}
+    data = build_task_data(_task(), recs, 4, store_factory=_store)
+    assert data.skipped == {"d: no label row for the study (row removed: labelled task)": 4}  # 2 frontal each
+    assert data.warnings == {"d: study has no label row": 6}
+    rows = set().union(*(set(data.split(s).frame["patient_id"]) for s in ("train", "val", "test")))
+    assert not {"P1", "P30"} & rows and "labelled" not in data.train.frame.columns
+    unlabelled = build_task_data(_task(labels=()), recs, 4, store_factory=_store)
+    assert unlabelled.skipped == {} and "P1" in set(unlabelled.train.frame["patient_id"])

@@ -26,10 +26,13 @@ Records (one row per image):
   same for the ``-small`` and the original release; ``path`` joins it to the
   release folder actually found on disk (whatever the CSV prefix says).
 - ``patient_id`` ``patient00001``; ``study_id`` ``patient00001/study1``.
-- ``view``: the ``AP/PA`` value when given (``AP``, ``PA``, and on 17 *Frontal*
-  rows ``LL`` / ``RL``, kept as written, so frontal-only cohorts (PA/AP) leave
-  these contradictory rows out); ``LATERAL`` for Lateral rows with empty AP/PA;
-  ``FRONTAL`` for frontal images whose projection is not known (test images).
+- ``view``: the ``AP/PA`` value of a Frontal row when given (``AP``, ``PA``, and on
+  17 *Frontal* rows ``LL`` / ``RL``, kept as written, so frontal-only cohorts (PA/AP)
+  leave these contradictory rows out); ``LATERAL`` for every Lateral row (its AP/PA
+  is empty in the real files; a value there is a warning and Frontal/Lateral wins);
+  ``FRONTAL`` for frontal images whose projection is not known (a blank AP/PA, test
+  images). Warnings (rows kept): a blank AP/PA on a Frontal row, an AP/PA value other
+  than AP / PA / LL / RL, LL / RL on a Frontal row, AP/PA on a Lateral row.
 - ``age``: years; ``0`` (3 train rows) means unknown and becomes NaN; ``90``
   means "90 or older" and is kept as 90.
 - ``sex``: ``Male`` -> ``M``, ``Female`` -> ``F``, ``Unknown`` / blank -> ``""``.
@@ -38,11 +41,19 @@ Records (one row per image):
   nothing is zero-filled (that is a task's label policy).
 - report sections are ``""`` (CheXpert ships no reports).
 
+Also warned (rows kept): ``No Finding`` = 1.0 together with a positive finding
+(``Support Devices`` is not a finding), and, when both releases are present, images
+that exist in both (the release read, ``-small`` first, is the one used). A patient
+in more than one of train.csv / valid.csv / test (the official split is
+patient-disjoint by patient number) is a problem for ``harness data check``.
+
 Bad input: a missing column, an unknown value in Sex / Frontal/Lateral / a
 label, a non-numeric age, an unparseable Path or a duplicated Path is a
-``DataError`` naming file, line and column. With ``check_files`` a CSV row whose
-image file is absent is skipped and counted (``"image file missing"``); test
-images and ``groundtruth.csv`` studies that do not match are counted too.
+``DataError`` naming file, line and column; so is a CSV that ends in the middle
+of a row (a truncated copy). With ``check_files`` a CSV row whose
+image file is absent is skipped and counted (``"image file missing"``), and so is a
+JPG under ``train/`` or ``valid/`` that no CSV row lists (a CSV with rows missing);
+test images and ``groundtruth.csv`` studies that do not match are counted too.
 """
 
 from __future__ import annotations
@@ -55,7 +66,18 @@ import numpy as np
 import pandas as pd
 
 from harness.data.check import CheckReport
-from harness.data.schema import BASE_COLUMNS, CHEXPERT_14, DataError, DataSource, Records
+from harness.data.schema import (
+    BASE_COLUMNS,
+    CHEXPERT_14,
+    CONTRADICTORY,
+    DataError,
+    DataSource,
+    Records,
+    contradictory,
+    count,
+    note_split_leaks,
+)
+from harness.data.tables import ensure_complete
 
 NAME = "chexpert"
 INSTITUTION = "Stanford"
@@ -73,6 +95,12 @@ _REL_PATH = re.compile(r"(?:^|/)((?:train|valid|test)/(patient\d+)/(study\d+)/[^
 _TEST_STUDY = re.compile(r"(?:^|/)(test/patient\d+/study\d+)/?$")
 _LABEL_VALUES = {"1.0": 1.0, "0.0": 0.0, "-1.0": -1.0, "1": 1.0, "0": 0.0, "-1": -1.0, "": np.nan}
 _SEX = {"Male": "M", "Female": "F", "Unknown": "", "": ""}
+PROJECTIONS = ("AP", "PA", "LL", "RL")  # the AP/PA values of the real train.csv
+VIEW_BLANK = "AP/PA blank on a Frontal image (view FRONTAL)"
+VIEW_UNKNOWN = "AP/PA not a known value (AP, PA, LL, RL)"
+VIEW_LATERAL_ON_FRONTAL = "AP/PA LL or RL on a Frontal image (view kept as written)"
+VIEW_ON_LATERAL = "AP/PA given on a Lateral image (view LATERAL: Frontal/Lateral wins)"
+JPG_WITHOUT_ROW = "JPG under train/ or valid/ without a row in train.csv / valid.csv (not loaded)"
 
 
 def find_release(root: Path) -> tuple[Path | None, list[str]]:
@@ -103,6 +131,7 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DataError(f"{path}:1: header: missing column(s) {missing}")
+    ensure_complete(path, len(frame.columns))  # pandas pads a cut last row with blanks: blank labels
     return frame.apply(lambda col: col.str.strip())
 
 
@@ -132,13 +161,17 @@ def _parse_age(path: Path, frame: pd.DataFrame) -> np.ndarray:
     return age.where(age != 0).to_numpy(dtype=float)  # 0 = unknown in CheXpert
 
 
-def _parse_views(path: Path, frame: pd.DataFrame) -> np.ndarray:
+def _parse_views(path: Path, frame: pd.DataFrame, warnings: dict[str, int]) -> np.ndarray:
     fl, appa = frame["Frontal/Lateral"], frame["AP/PA"].str.upper()
     bad = ~fl.isin(("Frontal", "Lateral"))
     if bad.any():
         raise _bad_value(path, frame, bad, "Frontal/Lateral", "Frontal or Lateral")
-    default = np.where(fl == "Lateral", "LATERAL", "FRONTAL")
-    return np.where(appa != "", appa.to_numpy(), default)
+    frontal, given = (fl == "Frontal").to_numpy(), (appa != "").to_numpy()
+    count(warnings, VIEW_BLANK, int((frontal & ~given).sum()))
+    count(warnings, VIEW_UNKNOWN, int((given & ~appa.isin(PROJECTIONS)).sum()))
+    count(warnings, VIEW_LATERAL_ON_FRONTAL, int((frontal & appa.isin(("LL", "RL"))).sum()))
+    count(warnings, VIEW_ON_LATERAL, int((~frontal & given).sum()))
+    return np.where(frontal, np.where(given, appa.to_numpy(), "FRONTAL"), "LATERAL")
 
 
 def _rel_paths(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
@@ -153,7 +186,7 @@ def _rel_paths(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
     return parts
 
 
-def _csv_records(release: Path, csv_name: str) -> tuple[pd.DataFrame, list[str]]:
+def _csv_records(release: Path, csv_name: str, warnings: dict[str, int]) -> tuple[pd.DataFrame, list[str]]:
     path = release / csv_name
     frame = _read_csv(path, CSV_HEADER)
     parts = _rel_paths(path, frame)
@@ -168,7 +201,7 @@ def _csv_records(release: Path, csv_name: str) -> tuple[pd.DataFrame, list[str]]
         notes.append(f"{csv_name}: {n_age0} row(s) with Age 0 read as unknown (NaN)")
     out = pd.DataFrame({
         "image_id": parts[0], "patient_id": parts[1], "study_id": parts[1] + "/" + parts[2],
-        "view": _parse_views(path, frame), "split": SPLIT_OF_CSV[csv_name],
+        "view": _parse_views(path, frame, warnings), "split": SPLIT_OF_CSV[csv_name],
         "path": [str(release / p) for p in parts[0]], "age": age, "sex": sex.map(_SEX),
         **parse_labels(path, frame),
     })
@@ -230,22 +263,26 @@ def load(root: Path, *, data_source: DataSource = "real", check_files: bool = Tr
     if release is None:
         raise DataError(f"{root / 'chexpert'}: no train.csv or valid.csv (looked in "
                         f"{', '.join(RELEASES)} and the folder itself)")
-    parts, skipped = [], {}
+    parts, skipped, warnings, split_files = [], {}, {}, {}
+    rows_without_file: list[str] = []
     for csv_name in SPLIT_OF_CSV:
         if not (release / csv_name).is_file():
             notes.append(f"{release / csv_name} not found")
             continue
-        frame, csv_notes = _csv_records(release, csv_name)
+        frame, csv_notes = _csv_records(release, csv_name, warnings)
         notes += csv_notes
+        split_files[SPLIT_OF_CSV[csv_name]] = str(release / csv_name)
         if check_files:
             exists = np.array([os.path.isfile(p) for p in frame["path"]], dtype=bool)
             _count(skipped, "image file missing", int((~exists).sum()))
+            rows_without_file += frame.loc[~exists, "image_id"].tolist()
             frame = frame[exists]
         parts.append(frame)
     test, test_notes = _test_records(release, root / "chexpert", skipped)
     notes += test_notes
     if test is not None:
         parts.append(test)
+        split_files["test"] = str(Path(test["path"].iloc[0]).parents[2]) if len(test) else "test/"
     frame = pd.concat(parts, ignore_index=True)
     if check_files and len(frame) == 0:
         raise DataError(f"{release}: no image file of the CSVs exists (is the data root right?)")
@@ -253,10 +290,37 @@ def load(root: Path, *, data_source: DataSource = "real", check_files: bool = Tr
     for section in ("indication", "findings", "impression"):
         frame[section] = ""
     frame = frame[[*BASE_COLUMNS, *CHEXPERT_14]]
+    count(warnings, CONTRADICTORY, int(contradictory(frame, CHEXPERT_14).sum()))
+    if check_files:
+        _count_other_release(frame, release, root / "chexpert", warnings)
+        listed = set(frame["image_id"]) | set(rows_without_file)
+        _count(skipped, JPG_WITHOUT_ROW, sum(1 for rel in _csv_images_on_disk(release) if rel not in listed))
+    unknown = sorted(set(frame["view"]) - {"AP", "PA", "LATERAL", "LL", "RL", ""})  # FRONTAL: projection unknown
     records = Records(NAME, frame, CHEXPERT_14, root, data_source, skipped=skipped,
-                      extras={"release": release.name, "notes": notes})
+                      extras={"release": release.name, "notes": notes}, warnings=warnings,
+                      split_files=split_files, unknown_views=tuple(unknown))
     records.validate()
+    note_split_leaks(records)
     return records
+
+
+def _csv_images_on_disk(release: Path) -> list[str]:
+    """``train/...`` / ``valid/...`` relative paths of the JPGs under the release (what the CSVs should list)."""
+    found = []
+    for sub in ("train", "valid"):
+        for dirpath, _, filenames in os.walk(release / sub):
+            rel = os.path.relpath(dirpath, release)
+            found += [f"{rel}/{name}" for name in filenames if name.lower().endswith(".jpg")]
+    return found
+
+
+def _count_other_release(frame: pd.DataFrame, release: Path, base: Path, warnings: dict[str, int]) -> None:
+    """Images present in another release folder too (``-small`` next to the original): one file is read."""
+    others = [f for f in (*(base / r for r in RELEASES), base) if f != release and _has_csv(f)]
+    if not others:
+        return
+    n = sum(any(os.path.isfile(o / image_id) for o in others) for image_id in frame["image_id"])
+    count(warnings, f"image in several CheXpert releases ({release.name} used)", n)
 
 
 def _report(name: str, root: Path, present: bool, records_or_error: Records | DataError | None) -> CheckReport:

@@ -140,6 +140,20 @@ def _decode_or_reason(job: tuple[str, int]) -> tuple[np.ndarray | None, str]:
         return None, str(e).split(": cannot decode image: ", 1)[-1]
 
 
+def decode_results(paths: Sequence[str | Path], size: int, workers: int = 0) -> Iterator[str]:
+    """For each path, in order: ``""`` when it decodes (with ``decode_image``), else the reason it does not.
+
+    What ``harness data check`` runs over a whole dataset; ``workers`` > 0 decodes in that many
+    spawned processes (the image cache's pool, one window at a time).
+    """
+    decoded = _decoded([(str(p), size) for p in paths], workers)
+    try:
+        for _, reason in decoded:
+            yield reason
+    finally:
+        decoded.close()
+
+
 # --------------------------------------------------------------------------- the store
 
 

@@ -31,7 +31,19 @@ What ``load`` does, row by row (one row per image = per metadata row):
   the study: 1.0 / 0.0 / -1.0 / NaN exactly as in the file (no policy applied);
   ``test_labels="radiologist"`` replaces the test split's labels with the 2.1.0
   single-radiologist file (``Airspace Opacity`` -> ``Lung Opacity``, ``No Findings``
-  -> ``No Finding``); test studies it lacks get NaN labels (counted in extras);
+  -> ``No Finding``); test studies it lacks get NaN labels;
+* an image whose study has no label row (8 real studies; or no radiologist row) keeps
+  NaN labels, ``labelled=False`` and a warning (``"study has no label row"``), so that
+  a labelled task removes it (counted) instead of reading "nothing mentioned"; a label
+  row whose study has no image in the metadata is counted in ``skipped``;
+* warnings (rows kept): ``No Finding`` = 1.0 together with a positive finding (labels
+  kept as in the file), a blank ``ViewPosition``, a value outside the documented ones
+  (``PA``, ``AP``, ``LATERAL``, ``LL`` and the 12 rare ones such as ``LAO``, ``SWIMMERS``),
+  a JPG also present in another version folder (the chosen version's file is used);
+* an image listed in the 2.1.0 ``IMAGE_FILENAMES`` whose dicom_id has no metadata row (a
+  metadata table with rows missing) is counted in ``skipped``;
+* a patient whose images are in more than one split of ``split.csv`` is a problem
+  (``harness data check`` fails) and a warning: the split is meant to be patient-disjoint;
 * ``ViewPosition`` NaN -> ``view=""``; ``StudyTime`` zero-padded to 6 integer digits
   (``80556.875`` = 08:05:56.875) into ``study_datetime``;
 * ``path`` = absolute JPG path; a missing JPG drops the row, counted as
@@ -62,7 +74,16 @@ import pandas as pd
 from harness.data.check import CheckReport
 from harness.data.ehr import MimicIvTables, ehr_coverage, find_mimiciv, join_ehr
 from harness.data.reports import read_report
-from harness.data.schema import CHEXPERT_14, DataError, DataSource, Records
+from harness.data.schema import (
+    CHEXPERT_14,
+    CONTRADICTORY,
+    DataError,
+    DataSource,
+    Records,
+    contradictory,
+    count,
+    note_split_leaks,
+)
 from harness.data.tables import header, read_table
 
 METADATA = "mimic-cxr-2.0.0-metadata"
@@ -72,6 +93,16 @@ TEST_SET_LABELED = "mimic-cxr-2.1.0-test-set-labeled"
 RADIOLOGIST_SPELLINGS = {"Airspace Opacity": "Lung Opacity", "No Findings": "No Finding"}
 SPLIT_NAMES = {"train": "train", "validate": "val", "test": "test"}
 INSTITUTION = "BIDMC"
+# ViewPosition values of the real metadata (creators' view map): anything else is odd (a warning).
+VIEW_POSITIONS = ("PA", "AP", "LATERAL", "LL", "LPO", "RAO", "RPO", "LAO", "AP AXIAL", "XTABLE LATERAL",
+                  "AP LLD", "PA LLD", "L5 S1", "SWIMMERS", "AP RLD", "PA RLD")
+NO_LABEL_ROW = "study has no label row (labels blank; labelled tasks remove the image)"
+NO_RADIOLOGIST_ROW = "test study has no radiologist label row (labels blank; labelled tasks remove the image)"
+LABEL_ROW_WITHOUT_IMAGE = "label row of a study without images"
+VIEW_BLANK = "ViewPosition blank"
+VIEW_UNKNOWN = "ViewPosition not a known value"
+OTHER_VERSION_COPY = "JPG also in another MIMIC-CXR-JPG version folder (the chosen version's file is used)"
+LISTED_WITHOUT_METADATA = "image in IMAGE_FILENAMES without a metadata row (not loaded)"
 
 _METADATA_COLUMNS = {"dicom_id": "key", "subject_id": "int", "study_id": "int", "ViewPosition": "str",
                      "StudyDate": "date", "StudyTime": "float",
@@ -257,6 +288,41 @@ def _attach_reports(frame: pd.DataFrame, report_dirs: tuple[Path, ...]) -> tuple
     return int((~frame["study_id"].isin(found.keys())).sum()), int(frame["study_id"].isin(empty).sum())
 
 
+def _listed_without_metadata(jpg_root: Path, dicom_ids: pd.Series) -> int:
+    """Entries of ``IMAGE_FILENAMES`` (2.1.0: one line per JPG) whose dicom_id the metadata lacks; 0 without it."""
+    listing = jpg_root / "IMAGE_FILENAMES"
+    if not listing.is_file():
+        return 0
+    try:
+        names = listing.read_text(encoding="utf-8").split()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{listing}: encoding: not valid UTF-8; the file is probably corrupt") from err
+    stems = {name.rsplit("/", 1)[-1].removesuffix(".jpg") for name in names if name.endswith(".jpg")}
+    return len(stems - set(dicom_ids))
+
+
+def _view_warnings(frame: pd.DataFrame, warnings: dict[str, int]) -> None:
+    view = frame["view"]
+    count(warnings, VIEW_BLANK, int((view == "").sum()))
+    count(warnings, VIEW_UNKNOWN, int((~view.isin([*VIEW_POSITIONS, ""])).sum()))
+
+
+def _copies_elsewhere(paths: pd.Series, jpg_root: Path) -> int:
+    """Images whose JPG also exists in another version folder of the installation (2.0.0 next to 2.1.0).
+
+    The layout fixes each path from the ids, so another version folder is the only other place
+    the same file can be; only those folders are looked in (nothing is walked).
+    """
+    base = jpg_root.parent if _version_key(jpg_root.name) else jpg_root
+    others = [d / "files" for d in sorted(base.iterdir()) if d.is_dir() and d != jpg_root
+              and _version_key(d.name) and (d / "files").is_dir()] if base.is_dir() else []
+    if not others:
+        return 0
+    mine = str(jpg_root / "files")
+    relative = [p[len(mine):].lstrip("/") for p in paths]
+    return sum(any(os.path.isfile(o / r) for o in others) for r in relative)
+
+
 class MimicCxrAdapter:
     """The ``mimic-cxr`` dataset adapter (see the module docstring)."""
 
@@ -289,13 +355,20 @@ class MimicCxrAdapter:
         if layout is None:
             raise DataError(f"{root}: no MIMIC-CXR-JPG metadata ({METADATA}.csv.gz) in the root, "
                             "<root>/mimic-cxr-jpg or <root>/mimic-cxr-jpg/<version>")
-        frame, problems, extras = self._image_table(layout.jpg_root, labeler, test_labels)
         skipped: dict[str, int] = {}
+        warnings: dict[str, int] = {}
+        frame, problems, extras = self._image_table(layout.jpg_root, labeler, test_labels, skipped, warnings)
         if check_files:
             exists = np.fromiter((os.path.isfile(p) for p in frame["path"]), dtype=bool, count=len(frame))
             if not exists.all():
                 skipped["image file missing"] = int((~exists).sum())
                 frame = frame[exists].reset_index(drop=True)
+            count(warnings, OTHER_VERSION_COPY, _copies_elsewhere(frame["path"], layout.jpg_root))
+        _view_warnings(frame, warnings)
+        count(warnings, CONTRADICTORY, int(contradictory(frame, CHEXPERT_14).sum()))
+        count(warnings, NO_LABEL_ROW, int((~frame["labelled"] & ~frame["_radiologist"]).sum()))
+        count(warnings, NO_RADIOLOGIST_ROW, int((~frame["labelled"] & frame["_radiologist"]).sum()))
+        frame = frame.drop(columns="_radiologist")
         missing_reports, empty_reports = _attach_reports(frame, layout.report_dirs)
         if missing_reports:
             skipped["report missing"] = missing_reports
@@ -309,11 +382,17 @@ class MimicCxrAdapter:
             extras["ehr_coverage"] = ehr_coverage(frame)
         extras.update(jpg_root=str(layout.jpg_root), report_dirs=[str(d) for d in layout.report_dirs],
                       labeler=labeler, test_labels=test_labels, check_files=check_files)
-        records = Records(self.name, frame, CHEXPERT_14, Path(root), data_source, skipped, problems, extras)
+        split_file = str(_csv(layout.jpg_root, SPLIT))
+        unknown = sorted(set(frame["view"]) - {*VIEW_POSITIONS, ""})
+        records = Records(self.name, frame, CHEXPERT_14, Path(root), data_source, skipped, problems, extras,
+                          warnings=warnings, split_files=dict.fromkeys(SPLIT_NAMES.values(), split_file),
+                          unknown_views=tuple(unknown))
         records.validate()
+        note_split_leaks(records)
         return records
 
-    def _image_table(self, jpg_root: Path, labeler: str, test_labels: str):
+    def _image_table(self, jpg_root: Path, labeler: str, test_labels: str, skipped: dict[str, int],
+                     warnings: dict[str, int]):
         meta = _read_metadata(jpg_root)
         split = _read_split(jpg_root)
         labels = _read_labels(jpg_root, labeler)
@@ -334,6 +413,11 @@ class MimicCxrAdapter:
                             indicator="_label_row")
         no_row = (frame["_label_row"] == "left_only").to_numpy()
         extras["studies_without_label_row"] = int(frame.loc[no_row, "study_id"].nunique())
+        frame["labelled"], frame["_radiologist"] = ~no_row, False
+        imaged = labels.set_index(["subject_id", "study_id"]).index.isin(
+            pd.MultiIndex.from_frame(meta[["subject_id", "study_id"]]))
+        count(skipped, LABEL_ROW_WITHOUT_IMAGE, int((~imaged).sum()))
+        count(skipped, LISTED_WITHOUT_METADATA, _listed_without_metadata(jpg_root, meta["dicom_id"]))
         if test_labels == "radiologist":
             self._use_radiologist_labels(frame, jpg_root, problems, extras)
         return self._records_frame(frame, jpg_root), problems, extras
@@ -350,6 +434,8 @@ class MimicCxrAdapter:
             problems.append(f"{TEST_SET_LABELED}.csv: header: no column for {absent} (test labels NaN)")
         test_studies = frame.loc[test, "study_id"]
         labelled = test_studies.isin(table["study_id"])
+        frame.loc[test, "labelled"] = labelled.to_numpy()
+        frame.loc[test, "_radiologist"] = True
         extras["test_studies_with_radiologist_labels"] = int(test_studies[labelled].nunique())
         extras["test_studies_without_radiologist_labels"] = int(test_studies[~labelled].nunique())
 
@@ -376,6 +462,8 @@ class MimicCxrAdapter:
         })
         for name in CHEXPERT_14:
             out[name] = frame[name].to_numpy(dtype=np.float64)
+        out["labelled"] = frame["labelled"].to_numpy(dtype=bool)
+        out["_radiologist"] = frame["_radiologist"].to_numpy(dtype=bool)
         return out
 
     def check(self, root: Path) -> CheckReport:
@@ -392,19 +480,12 @@ class MimicCxrAdapter:
             records = self.load(root)
         except DataError as err:
             return CheckReport(self.name, root, present=True, problems=[str(err)])
-        frame = records.frame
-        notes = [f"jpg root: {layout.jpg_root}",
+        notes = (f"jpg root: {layout.jpg_root}",
                  f"report folders: {len(layout.report_dirs)}",
                  f"MIMIC-IV: {layout.ehr.version or 'unversioned'}" if layout.ehr else "MIMIC-IV: not found",
                  "2.1.0 radiologist test labels: "
-                 + ("yes" if _csv(layout.jpg_root, TEST_SET_LABELED) else "no")]
-        return CheckReport(
-            self.name, root, present=True,
-            splits={k: int(v) for k, v in frame["split"].value_counts().sort_index().items()},
-            views={k: int(v) for k, v in frame["view"].value_counts().items()},
-            labels={n: int((frame[n] == 1.0).sum()) for n in CHEXPERT_14},
-            skipped=dict(records.skipped), problems=list(records.problems), notes=notes,
-        )
+                 + ("yes" if _csv(layout.jpg_root, TEST_SET_LABELED) else "no"))
+        return CheckReport.from_load(self.name, root, True, records, notes)
 
 
 ADAPTER = MimicCxrAdapter()

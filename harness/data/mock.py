@@ -119,8 +119,7 @@ class MockAdapter:
         from harness.data.check import CheckReport
 
         recs = self.load(root)
-        return CheckReport(dataset="mock", root=recs.root, present=True,
-                           counts={"images": {"all": len(recs.frame)}}, problems=[])
+        return CheckReport.from_load("mock", recs.root, True, recs)  # with its image paths: data check decodes
 
 
 ADAPTER = MockAdapter()

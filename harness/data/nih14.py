@@ -36,10 +36,19 @@ Records (one row per image; NIH labels are image level, so ``study_id`` = ``imag
 The label file's header has commas inside two names, so a CSV parser sees 11
 fields (``OriginalImage[Width``, ``Height]``, ``OriginalImagePixelSpacing[x``,
 ``y]``); the 2017 copy adds a trailing comma (pandas' ``Unnamed: 11``). Both are
-read with explicit names; any other header, a row with a wrong field count, an
-unknown label, a bad age, sex or id, or an image listed in both split files is a
-``DataError`` naming file, line and field. With ``check_files`` a row whose PNG
-is not found is skipped and counted (``"image file missing"``).
+read with explicit names; any other header, a row with a wrong field count (a
+truncated copy ends with one), an unknown label, a bad age, sex or id, a split-list
+line that is not an image file name, an image listed in both split files, or a
+truncated or corrupt ``.csv.gz`` is a ``DataError`` naming file, line and field.
+With ``check_files`` a row whose PNG is not found is skipped and counted
+(``"image file missing"``); split-list entries that are not in the label file and
+PNGs without a row in it (a label file with rows missing) are counted too.
+
+Warnings (rows kept, counted): ``No Finding`` listed together with a finding (labels
+kept as in the file), a ``View Position`` that is blank or not PA / AP (NIH has no
+laterals), a PNG present in several image folders (the first in sorted path order is
+used). A patient with images in both split lists (the official split is
+patient-disjoint) is a problem for ``harness data check`` and refused by runs.
 """
 
 from __future__ import annotations
@@ -55,8 +64,18 @@ import pandas as pd
 from PIL import Image
 
 from harness.data.check import CheckReport
-from harness.data.schema import BASE_COLUMNS, NIH_14, DataError, DataSource, Records
-from harness.data.tables import utf8_error
+from harness.data.schema import (
+    BASE_COLUMNS,
+    CONTRADICTORY,
+    NIH_14,
+    DataError,
+    DataSource,
+    Records,
+    contradictory,
+    count,
+    note_split_leaks,
+)
+from harness.data.tables import GZIP_ERRORS, gzip_error, utf8_error
 
 NAME = "nih14"
 INSTITUTION = "NIH-CC"
@@ -71,6 +90,12 @@ BOX_COLUMNS = ("image_id", "label", "x", "y", "w", "h", "width", "height", "x0",
 BOX_RENAME = {"Infiltrate": "Infiltration"}
 SPLIT_FILES = {"train_val_list.txt": "train", "test_list.txt": "test"}
 MAX_AGE = 100  # above this an age is a data-entry error of the 2017 CSV
+VIEWS = ("PA", "AP")  # every real NIH image is one of these
+VIEW_BLANK = "View Position blank"
+VIEW_UNKNOWN = "View Position not PA or AP"
+SEVERAL_COPIES = "PNG in several image folders (the first in sorted path order is used)"
+NOT_IN_LABEL_FILE = "split-list entry not in the label file"
+PNG_WITHOUT_ROW = "PNG without a row in the label file (not loaded)"
 
 
 def _bad(path: Path, frame: pd.DataFrame, mask, field: str, message: str) -> DataError:
@@ -92,6 +117,8 @@ def _header_fields(path: Path) -> list[str]:
             return next(csv.reader(f), [])
     except UnicodeDecodeError as err:
         raise utf8_error(path) from err
+    except GZIP_ERRORS as err:
+        raise gzip_error(path, err) from err
 
 
 def _read_rows(path: Path, n_fields: int) -> pd.DataFrame:
@@ -115,6 +142,8 @@ def _read_rows(path: Path, n_fields: int) -> pd.DataFrame:
                 lines.append(reader.line_num)
         except UnicodeDecodeError as err:
             raise utf8_error(path) from err
+        except GZIP_ERRORS as err:  # the header decompressed, the cut is further in
+            raise gzip_error(path, err) from err
     frame = pd.DataFrame(rows, columns=[f"c{i}" for i in range(n_fields)], dtype=str)
     frame["_line"] = lines
     return frame
@@ -159,7 +188,7 @@ def _parse_age(path: Path, frame: pd.DataFrame, skipped: dict[str, int]) -> np.n
     return np.where(impossible, np.nan, age)
 
 
-def _parse_entries(path: Path, skipped: dict[str, int]) -> pd.DataFrame:
+def _parse_entries(path: Path, skipped: dict[str, int], warnings: dict[str, int]) -> pd.DataFrame:
     frame = _read_entries(path)
     ids, patient = frame["Image Index"], frame["Patient ID"]
     sex = frame["Patient Gender"].str.upper()
@@ -173,13 +202,16 @@ def _parse_entries(path: Path, skipped: dict[str, int]) -> pd.DataFrame:
         if mask.any():
             raise _bad(path, frame, mask, field, message)
     view = frame["View Position"].str.upper().replace({"L": "LATERAL", "LAT": "LATERAL"})
+    count(warnings, VIEW_BLANK, int((view == "").sum()))
+    count(warnings, VIEW_UNKNOWN, int((~view.isin([*VIEWS, ""])).sum()))
     return pd.DataFrame({
         "image_id": ids, "patient_id": patient.astype(int).astype(str), "study_id": ids, "view": view,
         "age": _parse_age(path, frame, skipped), "sex": sex, **_parse_labels(path, frame),
     })
 
 
-def _splits(folder: Path, image_ids: pd.Series, notes: list[str]) -> np.ndarray:
+def _splits(folder: Path, image_ids: pd.Series, notes: list[str], skipped: dict[str, int],
+            split_files: dict[str, str]) -> np.ndarray:
     """``train`` / ``test`` from the official lists, ``""`` elsewhere; an image in both is an error."""
     split_of: dict[str, str] = {}
     source: dict[str, str] = {}
@@ -188,43 +220,48 @@ def _splits(folder: Path, image_ids: pd.Series, notes: list[str]) -> np.ndarray:
         if not path.is_file():
             notes.append(f"{name} not found: its images get no official split")
             continue
+        split_files[split] = str(path)
         try:
             text = path.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError as err:
             raise utf8_error(path) from err
-        for line in text.splitlines():
+        for number, line in enumerate(text.splitlines(), start=1):
             image = line.strip()
             if not image:
                 continue
+            if not image.lower().endswith(".png") or "/" in image or "," in image:  # a cut last line too
+                raise DataError(f"{path}:{number}: image: {image[:40]!r} is not an image file name "
+                                "(NNNNNNNN_NNN.png); truncated or damaged copy?")
             if image in split_of and split_of[image] != split:
                 raise DataError(f"{path}: {image} is also in {source[image]}: "
                                 "the official split is not disjoint")
             split_of[image], source[image] = split, name
     if split_of:
         known = set(image_ids)
-        n_unknown = sum(1 for i in split_of if i not in known)
-        if n_unknown:
-            notes.append(f"{n_unknown} image(s) of the split lists are not in the label file")
+        count(skipped, NOT_IN_LABEL_FILE, sum(1 for i in split_of if i not in known))
     splits = image_ids.map(split_of).fillna("").to_numpy(dtype=object)
     if split_of and (splits == "").any():
         notes.append(f"{int((splits == '').sum())} image(s) are in neither split list (split '')")
     return splits
 
 
-def index_pngs(folder: Path, notes: list[str]) -> dict[str, str]:
-    """File name -> path of every PNG below ``folder`` (flat ``images/`` or ``images_NNN/images/``)."""
+def index_pngs(folder: Path, copies: dict[str, int] | None = None) -> dict[str, str]:
+    """File name -> path of every PNG below ``folder`` (flat ``images/`` or ``images_NNN/images/``).
+
+    Folders are walked in sorted order, so with several copies of one name (an archive extracted
+    twice, ``images/`` next to ``images_001/images/``) the first in sorted path order is used;
+    ``copies`` (when given) receives name -> number of files for such names.
+    """
     index: dict[str, str] = {}
-    duplicates = 0
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
         for name in sorted(filenames):
             if name.lower().endswith(".png"):
                 if name in index:
-                    duplicates += 1
+                    if copies is not None:
+                        copies[name] = copies.get(name, 1) + 1
                     continue
                 index[name] = os.path.join(dirpath, name)
-    if duplicates:
-        notes.append(f"{duplicates} PNG file name(s) found more than once; the first (sorted) copy is used")
     return index
 
 
@@ -292,9 +329,13 @@ def load(root: Path, *, data_source: DataSource = "real", check_files: bool = Tr
     if entry is None:
         raise DataError(f"{folder}: no {' or '.join(ENTRY_FILES[::2])}")
     skipped: dict[str, int] = {}
-    frame = _parse_entries(entry, skipped)
-    frame["split"] = _splits(folder, frame["image_id"], notes)
-    pngs = index_pngs(folder, notes)
+    warnings: dict[str, int] = {}
+    split_files: dict[str, str] = {}
+    frame = _parse_entries(entry, skipped, warnings)
+    frame["split"] = _splits(folder, frame["image_id"], notes, skipped, split_files)
+    copies: dict[str, int] = {}
+    pngs = index_pngs(folder, copies)
+    count(skipped, PNG_WITHOUT_ROW, len(pngs.keys() - set(frame["image_id"])))
     found = frame["image_id"].map(pngs)
     if check_files:
         missing = found.isna().to_numpy()
@@ -308,9 +349,13 @@ def load(root: Path, *, data_source: DataSource = "real", check_files: bool = Tr
     frame = frame.assign(dataset=NAME, institution=INSTITUTION, indication="", findings="", impression="")
     frame = frame[[*BASE_COLUMNS, *LABELS]].reset_index(drop=True)
     boxes = read_boxes(folder / BOX_FILE, frame.set_index("image_id"), skipped, notes)
+    count(warnings, CONTRADICTORY, int(contradictory(frame, LABELS).sum()))
+    count(warnings, SEVERAL_COPIES, int(frame["image_id"].isin(copies.keys()).sum()))
     records = Records(NAME, frame, LABELS, root, data_source, skipped=skipped,
-                      extras={"boxes": boxes, "label_file": entry.name, "notes": notes})
+                      extras={"boxes": boxes, "label_file": entry.name, "notes": notes}, warnings=warnings,
+                      split_files=split_files, unknown_views=tuple(sorted(set(frame["view"]) - {*VIEWS, ""})))
     records.validate()
+    note_split_leaks(records)
     return records
 
 

@@ -52,7 +52,13 @@ Records (one row per image):
 
 Skips (counted): ``"report without images"`` (104 real reports have no
 ``parentImage``), ``"image file missing"`` (with ``check_files``),
-``"image without report"`` (Kaggle projections whose uid has no report row).
+``"image without report"`` (Kaggle projections whose uid has no report row),
+``"PNG of no report's image"`` (a PNG no report lists: a report file or a
+``parentImage`` missing).
+Warnings (rows kept, counted): several PNGs for one image id (in two folders, or
+both ``<id>.png`` and the Kaggle ``.dcm.png``: ``<id>.png``, then the first in
+sorted path order, is used) and, when ``indiana_projections.csv`` is read next to
+the XML, images it has no row for (their view stays ``""``).
 Bad input is a ``DataError`` naming the file: an XML file that does not parse
 (a truncated extraction must be fixed, not silently shrink the cohort), a
 ``parentImage`` without ``id``, a missing CSV column or an unknown projection.
@@ -69,7 +75,8 @@ import numpy as np
 import pandas as pd
 
 from harness.data.check import CheckReport
-from harness.data.schema import BASE_COLUMNS, DataError, DataSource, Records
+from harness.data.schema import BASE_COLUMNS, DataError, DataSource, Records, count
+from harness.data.tables import ensure_complete
 
 NAME = "openi"
 INSTITUTION = "Indiana"
@@ -88,6 +95,9 @@ RENAME = {"Opacity": "Lung Opacity", "Lesion": "Lung Lesion"}
 OPENI_LABELS = tuple(RENAME.get(p, p) for p in XRV_PATHOLOGIES)
 SECTIONS = {"INDICATION": "indication", "FINDINGS": "findings", "IMPRESSION": "impression"}
 VIEWS = {"Frontal": "FRONTAL", "Lateral": "LATERAL"}
+SEVERAL_COPIES = "several PNGs for one image id (<id>.png, then the first in sorted path order, is used)"
+NO_PROJECTION = f"image without a row in {KAGGLE_PROJECTIONS} (view blank)"
+UNREFERENCED_PNG = "PNG of no report's image (not loaded)"
 
 
 def substring_labels(terms: pd.Series) -> dict[str, np.ndarray]:
@@ -174,6 +184,7 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise DataError(f"{path}:1: header: missing column(s) {missing}")
+    ensure_complete(path, len(frame.columns))  # pandas pads a cut last row with blanks
     return frame
 
 
@@ -224,24 +235,39 @@ def _kaggle_images(folder: Path, skipped: dict[str, int]) -> tuple[pd.DataFrame,
 # --------------------------------------------------------------------------- both
 
 
-def index_pngs(folder: Path) -> dict[str, str]:
-    """File name -> path of every PNG below ``folder`` (the archive's top folder is not known)."""
+def index_pngs(folder: Path, copies: dict[str, int] | None = None) -> dict[str, str]:
+    """File name -> path of every PNG below ``folder`` (the archive's top folder is not known).
+
+    Folders are walked in sorted order: of several files with one name the first in sorted path
+    order is used, and ``copies`` (when given) receives name -> number of files for such names.
+    """
     index: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
         for name in sorted(filenames):
             if name.lower().endswith(".png"):
+                if name in index and copies is not None:
+                    copies[name] = copies.get(name, 1) + 1
                 index.setdefault(name, os.path.join(dirpath, name))
     return index
+
+
+def _kaggle_name(image_id: str) -> str | None:
+    return f"{image_id[3:]}.dcm.png" if image_id.startswith("CXR") else None
 
 
 def _locate(image_ids: pd.Series, pngs: dict[str, str]) -> pd.Series:
     """``<id>.png`` (NLMCXR_png) or ``<id without CXR>.dcm.png`` (Kaggle); NaN when neither exists."""
     def one(image_id: str) -> str | float:
-        kaggle = f"{image_id[3:]}.dcm.png" if image_id.startswith("CXR") else None
+        kaggle = _kaggle_name(image_id)
         return pngs.get(f"{image_id}.png") or (pngs.get(kaggle) if kaggle else None) or np.nan
 
     return image_ids.map(one)
+
+
+def _n_candidates(image_id: str, pngs: dict[str, str], copies: dict[str, int]) -> int:
+    names = [f"{image_id}.png", _kaggle_name(image_id)]
+    return sum(copies.get(n, 1) for n in names if n and n in pngs)
 
 
 def find_layout(folder: Path) -> str | None:
@@ -260,6 +286,7 @@ def load(root: Path, *, data_source: DataSource = "real", check_files: bool = Tr
     if layout is None:
         raise DataError(f"{folder}: neither {XML_DIR}/*.xml nor {KAGGLE_REPORTS} + {KAGGLE_PROJECTIONS}")
     skipped: dict[str, int] = {}
+    warnings: dict[str, int] = {}
     notes = [f"layout: {layout}"]
     if layout == "xml":
         frame, mesh = _xml_images(find_xml_dir(folder), skipped)
@@ -268,6 +295,7 @@ def load(root: Path, *, data_source: DataSource = "real", check_files: bool = Tr
             views = read_projections(folder / KAGGLE_PROJECTIONS).drop_duplicates("image_id")
             frame["view"] = frame["image_id"].map(views.set_index("image_id")["view"]).fillna("")
             notes.append(f"views from {KAGGLE_PROJECTIONS}")
+            count(warnings, NO_PROJECTION, int((frame["view"] == "").sum()))
     else:
         frame, mesh = _kaggle_images(folder, skipped)
         views = read_projections(folder / KAGGLE_PROJECTIONS).drop_duplicates("image_id")
@@ -275,7 +303,12 @@ def load(root: Path, *, data_source: DataSource = "real", check_files: bool = Tr
     dup = frame["image_id"].duplicated()
     if dup.any():
         raise DataError(f"{folder}: image {frame['image_id'][dup].iloc[0]!r} belongs to more than one report")
-    paths = _locate(frame["image_id"], index_pngs(folder))
+    copies: dict[str, int] = {}
+    pngs = index_pngs(folder, copies)
+    paths = _locate(frame["image_id"], pngs)
+    count(warnings, SEVERAL_COPIES, sum(_n_candidates(i, pngs, copies) > 1 for i in frame["image_id"]))
+    referenced = {n for i in frame["image_id"] for n in (f"{i}.png", _kaggle_name(i)) if n}
+    count(skipped, UNREFERENCED_PNG, len(pngs.keys() - referenced))
     if check_files:
         missing = paths.isna().to_numpy()
         if missing.all() and len(frame):
@@ -290,7 +323,8 @@ def load(root: Path, *, data_source: DataSource = "real", check_files: bool = Tr
     )[[*BASE_COLUMNS, *OPENI_LABELS]].reset_index(drop=True)
     label_source = "mesh-automatic" if layout == "xml" else "mesh-major"
     records = Records(NAME, frame, OPENI_LABELS, root, data_source, skipped=skipped,
-                      extras={"mesh": mesh, "label_source": label_source, "layout": layout, "notes": notes})
+                      extras={"mesh": mesh, "label_source": label_source, "layout": layout, "notes": notes},
+                      warnings=warnings)
     records.validate()
     return records
 

@@ -10,6 +10,13 @@ Row numbers are 1-based file line numbers: the header is line 1, so the first
 data row is line 2 (tables with embedded newlines or blank lines would shift
 them; none of the datasets' tables have either).
 
+A damaged copy is one ``DataError`` naming the file, never a traceback and never a
+silently shorter table: a truncated or corrupt gzip (also when the header survives
+the cut and the error comes from the middle of the file: ``EOFError``,
+``zlib.error``, ``gzip.BadGzipFile``) and a plain CSV that ends in the middle of a
+row (``ensure_complete``; a cut exactly at a line end cannot be told from a shorter
+file).
+
 Column kinds:
 
 =========  =============================================================
@@ -25,6 +32,10 @@ Column kinds:
 
 from __future__ import annotations
 
+import csv
+import gzip
+import io
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +46,50 @@ from harness.data.schema import DataError
 LABEL_VALUES = (1.0, 0.0, -1.0)
 _READ_DTYPES = {"int": "int64", "float": "float64", "label": "float64",
                 "str": "str", "key": "str", "date": "str", "time": "str"}
+# What Python's gzip/zlib raise for a cut or damaged .gz, wherever in the file the damage is.
+GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def gzip_error(path: Path, err: BaseException) -> DataError:
+    """The one-line DataError for a truncated or corrupt gzip (or a cut plain file: ``EOFError``)."""
+    what = "truncated or corrupt gzip file" if str(path).endswith(".gz") else "truncated file"
+    return DataError(f"{path}: {what} ({type(err).__name__}: {err}); copy or download it again")
+
+
+def ensure_complete(path: Path, n_fields: int) -> None:
+    """Refuse a plain CSV whose last row is cut short (the file ends in the middle of a row).
+
+    A complete table ends with a newline, so a file that does not is parsed again with the
+    ``csv`` module (only then: the check costs nothing for a complete file) and its last record
+    must have all ``n_fields`` fields; a cut inside a quoted field is a ``csv.Error``.
+    Gzip files are not looked at: their cut is a decompression error (``GZIP_ERRORS``).
+
+    Raises:
+        DataError: naming the file and the line of the cut row.
+    """
+    path = Path(path)
+    if str(path).endswith(".gz"):
+        return
+    with open(path, "rb") as f:
+        f.seek(0, io.SEEK_END)
+        if f.tell() == 0:
+            return
+        f.seek(-1, io.SEEK_END)
+        if f.read(1) in (b"\n", b"\r"):
+            return
+    last, line = None, 0
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            for row in reader:
+                last, line = row, reader.line_num
+    except csv.Error as err:
+        raise DataError(f"{path}: the file ends inside a quoted field ({err}): truncated copy?") from err
+    except UnicodeDecodeError as err:
+        raise utf8_error(path) from err
+    if last is not None and line > 1 and len(last) < n_fields:
+        raise DataError(f"{path}:{line}: row: {len(last)} fields, expected {n_fields}: the file ends in the "
+                        "middle of a row (truncated copy?)")
 
 
 def utf8_error(path: Path) -> DataError:
@@ -43,11 +98,11 @@ def utf8_error(path: Path) -> DataError:
     The datasets' tables are ASCII/UTF-8; anything else is a corrupt copy, never decoded with
     replacement characters (which would silently change ids or labels).
     """
-    import gzip
-
     try:
         data = gzip.decompress(Path(path).read_bytes()) if str(path).endswith(".gz") else Path(path).read_bytes()
-    except (OSError, EOFError) as err:
+    except GZIP_ERRORS as err:
+        return gzip_error(path, err)
+    except OSError as err:
         return DataError(f"{path}: cannot read: {err}")
     for number, line in enumerate(data.split(b"\n"), start=1):
         try:
@@ -64,7 +119,9 @@ def header(path: Path) -> list[str]:
         return list(pd.read_csv(path, nrows=0).columns)
     except UnicodeDecodeError as err:
         raise utf8_error(path) from err
-    except (OSError, EOFError, pd.errors.ParserError) as err:
+    except GZIP_ERRORS as err:
+        raise gzip_error(path, err) from err
+    except (OSError, pd.errors.ParserError) as err:
         raise DataError(f"{path}: cannot read the header: {err}") from err
     except pd.errors.EmptyDataError as err:
         raise DataError(f"{path}: empty file") from err
@@ -79,9 +136,11 @@ def read_table(path: Path, columns: dict[str, str], *, optional: tuple[str, ...]
         optional: names in ``columns`` that may be absent from the header (they come back all-NaN).
 
     Raises:
-        DataError: missing column, unparsable value or disallowed value, naming file, row and column.
+        DataError: missing column, unparsable value or disallowed value, naming file, row and column;
+            a truncated or corrupt file, naming the file.
     """
     names = header(path)
+    ensure_complete(path, len(names))
     missing = [c for c in columns if c not in names and c not in optional]
     if missing:
         raise DataError(f"{path}:1: header: missing column(s) {missing}")
@@ -89,6 +148,8 @@ def read_table(path: Path, columns: dict[str, str], *, optional: tuple[str, ...]
     dtypes = {c: _READ_DTYPES[k] for c, k in present.items()}
     try:
         frame = pd.read_csv(path, usecols=list(present), dtype=dtypes)
+    except GZIP_ERRORS as err:  # header read fine, the cut or damage is further in (zlib.error is no OSError)
+        raise gzip_error(path, err) from err
     except pd.errors.ParserError as err:  # ragged row: pandas' message names the line
         raise DataError(f"{path}: malformed CSV: {err}") from err
     except UnicodeDecodeError as err:  # a ValueError too: catch it first (the raw re-read would fail alike)
@@ -96,7 +157,10 @@ def read_table(path: Path, columns: dict[str, str], *, optional: tuple[str, ...]
     except (ValueError, TypeError, OverflowError):
         frame = None  # some value did not parse: find which, below
     if frame is None:
-        raw = pd.read_csv(path, usecols=list(present), dtype=str, keep_default_na=False, na_values=[""])
+        try:
+            raw = pd.read_csv(path, usecols=list(present), dtype=str, keep_default_na=False, na_values=[""])
+        except GZIP_ERRORS as err:
+            raise gzip_error(path, err) from err
         _raise_first_bad(path, raw, present)
         raise DataError(f"{path}: could not be parsed with the expected column types {present}")
     for col, kind in present.items():
