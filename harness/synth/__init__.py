@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.synth import files, quirks, write_chexpert, write_mimic, write_nih14, write_openi
-from harness.synth.calibration import calibration_sha256, check_calibration
+from harness.synth.calibration import calibration_sha256, check_calibration, prevalence_targets
 from harness.synth.world import GENERATOR_VERSION, SOURCES, build_source
 
 MARKER = "HARNESS_SYNTHETIC.json"
@@ -85,6 +85,8 @@ def write_world(out: str | Path, *, sources: Sequence[str] = SOURCES, scale: flo
         raise ValueError(f"scale must be > 0, got {scale}")
     calibration = check_calibration(calibration or "spec")
     digest = calibration_sha256(calibration)
+    for source in sources:  # read every calibration file now: a damaged one stops us before anything is written
+        prevalence_targets(source, calibration)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     counts, truth = {}, []
