@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(sub, "data", "generate the synthetic world or check a dataset layout", """
         python -m harness data synth --out /tmp/world --scale 0.5 --seed 0
+        python -m harness data synth --out /tmp/world-xrv --calibration torchxrayvision
         python -m harness data check nih14 --root /data
     """)
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
@@ -122,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--sources", nargs="+", default=["mimic", "chexpert", "nih14", "openi"])
     ps.add_argument("--scale", type=float, default=1.0)
     ps.add_argument("--seed", type=int, default=0)
+    ps.add_argument("--calibration", choices=("spec", "torchxrayvision"), default="spec",
+                    help="finding prevalences: spec (published counts, the default whatever is installed) or "
+                         "torchxrayvision (the metadata bundled with a locally installed torchxrayvision)")
     pc = dsub.add_parser("check", help="validate a dataset layout and decode every image: counts, skips, "
                                        "warnings and every problem found (exit 2 on a problem or an absent dataset)")
     pc.add_argument("dataset")
@@ -308,8 +312,13 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "synth":
         from harness.synth import write_world
 
-        info = write_world(Path(args.out), sources=tuple(args.sources), scale=args.scale, seed=args.seed)
-        print(f"synthetic world written to {args.out}: {info.get('counts', info)}")
+        try:
+            info = write_world(Path(args.out), sources=tuple(args.sources), scale=args.scale, seed=args.seed,
+                               calibration=args.calibration, progress=not args.quiet)
+        except ValueError as exc:  # unknown source, bad scale, unusable calibration: raised before writing
+            print(f"harness: error: data synth: {exc}", file=sys.stderr)
+            return 2
+        print(f"synthetic world written to {args.out} (calibration {info['calibration']}): {info['counts']}")
         return 0
     from harness.catalog import DATASETS
     from harness.data.check import decode_images

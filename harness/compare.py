@@ -8,7 +8,11 @@ subset, which both share. The paired difference per seed, its mean and a Student
 
     python -m harness compare --results results --task mimic-cls "msn-ehr" "msn"
 
-Rows are named as on the leaderboard (``harness.leaderboard.row_names``).
+Rows are named as on the leaderboard (``harness.leaderboard.row_names``), within the
+runs of one data (``harness.results.data_fingerprint``): runs on different data are never
+paired. The two rows are compared on each data both have (one table each, labelled with
+the data's fingerprint and world); two rows that share no data are refused with an error
+that names each row's data.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from harness.leaderboard import row_names
-from harness.results import load_records
+from harness.leaderboard import data_groups, row_names
+from harness.results import load_records, world_label
 
 
 def paired(recs: list[dict[str, Any]], a: str, b: str, metric: str | None = None) -> list[dict[str, Any]]:
@@ -59,8 +63,9 @@ def _ms(x: np.ndarray) -> str:
     return f"{x.mean():.4f} ± {x.std(ddof=1):.4f}" if len(x) > 1 else f"{x[0]:.4f}"
 
 
-def render(task: str, a: str, b: str, rows: list[dict[str, Any]]) -> str:
-    lines = [f"### {task}: {a} vs {b} (paired by seed)", "",
+def render(task: str, a: str, b: str, rows: list[dict[str, Any]], data: str = "") -> str:
+    """The markdown table of ``paired``'s rows; ``data`` (the data's fingerprint and world) heads it when given."""
+    lines = [f"### {task}: {a} vs {b} (paired by seed)", "", *([f"data: {data}", ""] if data else []),
              f"| fraction | seeds | {a} | {b} | mean difference | 95 % CI (t) | {a} better |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -80,7 +85,13 @@ def render(task: str, a: str, b: str, rows: list[dict[str, Any]]) -> str:
 
 def compare(results_dir: str | Path, task: str, a: str, b: str, metric: str | None = None,
             data_source: str | None = None) -> str:
-    """The markdown paired table of rows ``a`` and ``b`` on ``task`` (one data source: records never mix)."""
+    """The markdown paired table(s) of rows ``a`` and ``b`` on ``task``: one data source, one table per data both have.
+
+    Raises:
+        ValueError: no records of the task, records of both data sources without ``data_source``,
+            or the two rows computed on different data (the message names each row's data fingerprints).
+        KeyError: a row that no record has (the message lists the rows there are).
+    """
     records, _ = load_records(results_dir)
     recs = [r for r in records if r["task"] == task]
     sources = sorted({r["data_source"] for r in recs})
@@ -92,6 +103,19 @@ def compare(results_dir: str | Path, task: str, a: str, b: str, metric: str | No
         raise ValueError(f"no records of task {task!r} under {results_dir}")
     latest = max(r["task_version"] for r in recs)
     recs = [r for r in recs if r["task_version"] == latest]
-    rows = paired(recs, a, b, metric)
+    groups = [(fp, group, set(row_names(group))) for fp, group in data_groups(recs)]
+    where = {row: [fp for fp, _, names in groups if row in names] for row in (a, b)}
+    shared = [(fp, group) for fp, group, names in groups if a in names and b in names]
+    if not shared:
+        if where[a] and where[b]:
+            raise ValueError(f"{task}: rows {a!r} and {b!r} were computed on different data ({a!r}: "
+                             f"{', '.join(where[a])}; {b!r}: {', '.join(where[b])}): runs on different data are "
+                             "never paired")
+        missing = a if not where[a] else b
+        raise KeyError(f"no row {missing!r}; rows: {sorted({n for _, _, names in groups for n in names})}")
+    text = "".join(render(task, a, b, paired(group, a, b, metric), f"`{fp}` ({world_label(group[0])})")
+                   + "\n" for fp, group in shared)
+    unpaired = [f"{row!r} also has runs on data {fp}, which the other row lacks (not paired)"
+                for row in (a, b) for fp in where[row] if fp not in {f for f, _ in shared}]
     label = "synthetic data: says nothing about real chest X-rays. " if recs[0]["data_source"] == "synthetic" else ""
-    return render(task, a, b, rows) + (f"\n{label}task version v{latest}.\n")
+    return text + "".join(f"{line}\n" for line in unpaired) + f"{label}task version v{latest}.\n"

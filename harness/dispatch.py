@@ -394,9 +394,9 @@ def _run_debug_job(job: submitit.Job) -> None:
 
 
 def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+    from harness.progress import progress
 
-    return tqdm(total=total, desc=desc, unit="job", disable=not enabled or total == 0, leave=True)
+    return progress(total, desc, unit="job", enabled=enabled and total > 0, leave=True)
 
 
 def wait_for(jobs: Sequence[submitit.Job], *, desc: str = "jobs", progress: bool = True,

@@ -254,14 +254,14 @@ def compute_features(encoder: Any, images: Any, preprocess: Preprocess, *, kind:
     previous mode restored after), bf16 autocast on CUDA only. With
     ``partial_dir``, finished chunks are saved there and reused on a restart.
     """
-    from tqdm.auto import tqdm
+    from harness.progress import progress as progress_display
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     n = len(images)
     chunks = []
     with _eval_mode(encoder), torch.inference_mode(), \
-            tqdm(total=n, desc=f"features ({kind})", unit="img", disable=not progress, leave=False) as bar:
+            progress_display(n, f"features ({kind})", unit="img", enabled=progress, leave=False) as bar:
         for i, start in enumerate(range(0, n, chunk_rows)):
             rows = range(start, min(start + chunk_rows, n))
             path = partial_dir / f"chunk-{i:06d}.npy" if partial_dir is not None else None

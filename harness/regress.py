@@ -11,7 +11,10 @@ A reference file (``leaderboards/published.yaml``, ``leaderboards/reference/refe
 is a mapping with ``data_source`` (``real``, the default, or ``synthetic``) and ``entries``.
 Records are matched to an entry by method, task, protocol, label fraction (and ``profile``
 when the entry names one) and by data source: synthetic records never match a real-data
-figure. Verdicts:
+figure. Records of different data (``harness.results.data_fingerprint``: another synthetic
+world, another version of a real dataset) are never averaged or subtracted: an entry is
+compared on the one data its records (both methods' for a difference) share, and the
+table's ``data`` column names it. Verdicts:
 
 - ``pass`` / ``FAIL``: an absolute figure is reproduced within its tolerance (mean over
   seeds), or a claimed difference (``method`` minus ``versus``) lies within tolerance of
@@ -19,6 +22,8 @@ figure. Verdicts:
 - ``not run``: no record matches (never counted as a pass);
 - ``synthetic: not comparable``: only synthetic-data records match a real-data figure
   (and ``real: not comparable`` the other way round);
+- ``different data: not comparable``: the records are on several data, or a difference's
+  two methods share none (the ``data`` column lists the fingerprints); never a pass;
 - ``info``: the entry is ``verified: false`` (secondary or unofficial): shown, never pass/fail.
 
 How the reproduced difference's interval is computed (column "interval"):
@@ -47,7 +52,7 @@ import numpy as np
 import yaml
 from scipy import stats
 
-from harness.results import load_records, record_path
+from harness.results import data_fingerprint, load_records, record_path
 
 PUBLISHED = Path(__file__).resolve().parent.parent / "leaderboards" / "published.yaml"
 ENTRY_KEYS = {"paper", "id", "where", "method", "versus", "dataset", "task", "protocol", "fraction", "metric",
@@ -69,6 +74,7 @@ class Row:
     interval: tuple[float, float] | None = None
     n: int = 0
     how: str = ""  # how the interval was computed
+    data: str = ""  # the data fingerprint(s) of the records (harness.results.data_fingerprint)
 
     @property
     def published(self) -> float:
@@ -112,18 +118,28 @@ def load_entries(path: str | Path) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------ matching
 
 
-def _matching(records: list[dict[str, Any]], method: str, entry: dict[str, Any], source: str) -> list[dict]:
-    """One record per seed of ``method`` for the entry (latest task version; last written wins)."""
+def _by_data(records: list[dict[str, Any]], method: str, entry: dict[str, Any], source: str
+             ) -> dict[str, list[dict]]:
+    """Data fingerprint -> one record per seed of ``method`` for the entry (latest task version; last
+    written wins within one data, never across data)."""
     found = [r for r in records if r["method"] == method and r["task"] == entry["task"]
              and r.get("protocol", entry["protocol"]) == entry["protocol"]
              and math.isclose(r["fraction"], entry["fraction"]) and r["data_source"] == source
              and entry["metric"] in r["metrics"]
              and (entry.get("profile") is None or r.get("profile") == entry["profile"])]
     if not found:
-        return []
+        return {}
     latest = max(r["task_version"] for r in found)
-    by_seed = {r["seed"]: r for r in found if r["task_version"] == latest}
-    return [by_seed[s] for s in sorted(by_seed)]
+    groups: dict[str, dict[Any, dict]] = defaultdict(dict)
+    for r in found:
+        if r["task_version"] == latest:
+            groups[data_fingerprint(r)][r["seed"]] = r
+    return {fp: [by_seed[s] for s in sorted(by_seed)] for fp, by_seed in groups.items()}
+
+
+def _matching(records: list[dict[str, Any]], method: str, entry: dict[str, Any], source: str) -> list[dict]:
+    """The records of ``method`` for the entry, all data together (only to tell "not run" from "not comparable")."""
+    return [r for group in _by_data(records, method, entry, source).values() for r in group]
 
 
 def _t_interval(a: list[float], b: list[float] | None = None) -> tuple[float, float, float]:
@@ -208,20 +224,27 @@ def compare(records: list[dict[str, Any]], entries: list[dict[str, Any]], source
         if e["task"] is None:
             rows.append(Row(e, "not run (no harness task)"))
             continue
-        a = _matching(records, e["method"], e, source)
-        b = _matching(records, e["versus"], e, source) if e["kind"] == "difference" else None
-        if not a or (b is not None and not b):
+        by_a = _by_data(records, e["method"], e, source)
+        by_b = _by_data(records, e["versus"], e, source) if e["kind"] == "difference" else None
+        if not by_a or (by_b is not None and not by_b):
             other = "synthetic" if source == "real" else "real"
             elsewhere = _matching(records, e["method"], e, other)
             rows.append(Row(e, f"{other}: not comparable" if elsewhere else "not run"))
             continue
+        shared = sorted(set(by_a) & set(by_b)) if by_b is not None else sorted(by_a)
+        if len(shared) != 1:  # averaging or subtracting runs of different data would mean nothing
+            data = (", ".join(shared) if shared else
+                    f"{e['method']}: {', '.join(sorted(by_a))}; {e['versus']}: {', '.join(sorted(by_b or {}))}")
+            rows.append(Row(e, "different data: not comparable", data=data))
+            continue
+        a, b = by_a[shared[0]], (by_b[shared[0]] if by_b is not None else None)
         if b is None:
             (est, lo, hi), how = _t_interval([r["metrics"][e["metric"]] for r in a]), "t over seeds"
         else:
             (est, lo, hi), how = _difference(results_dir, a, b, e["metric"])
         scale = 100.0 if e["unit"] == "percent" else 1.0
         tol = tolerance if tolerance is not None else e["tolerance"] / scale
-        row = Row(e, "", est, (lo, hi), len(a), how)
+        row = Row(e, "", est, (lo, hi), len(a), how, shared[0])
         ok = abs(est - row.published) <= tol + 1e-12 or (e["kind"] == "difference" and lo <= row.published <= hi)
         row.verdict = "info (unverified)" if not e["verified"] else "pass" if ok else "FAIL"
         rows.append(row)
@@ -235,7 +258,7 @@ def render(rows: list[Row], source: str, against: str = "published") -> str:
     lines = ["<!-- generated by `python -m harness regress`; do not edit by hand -->", "",
              f"# Regression of {source}-data records against {against}", "",
              "| paper | method | task | fraction | metric | kind | published | reproduced | interval (95 %) | "
-             "delta | verdict |", "|---" * 11 + "|"]
+             "delta | data | verdict |", "|---" * 12 + "|"]
     for r in rows:
         e = r.entry
         what = e["method"] + (f" − {e['versus']}" if e["kind"] == "difference" else "")
@@ -245,12 +268,13 @@ def render(rows: list[Row], source: str, against: str = "published") -> str:
             interval = f"{r.interval[0]:.4f}–{r.interval[1]:.4f} ({r.how})"
             delta = f"{r.reproduced - r.published:+.4f}"
         lines.append(f"| {e['paper']} | {what} | {e['task'] or '—'} | {e['fraction']:g} | {e['metric']} | "
-                     f"{e['kind']} | {r.published:.4f} | {rep} | {interval} | {delta} | {r.verdict} |")
+                     f"{e['kind']} | {r.published:.4f} | {rep} | {interval} | {delta} | {r.data} | {r.verdict} |")
     counts: dict[str, int] = defaultdict(int)
     for r in rows:
         counts[r.verdict.split(" (")[0]] += 1
     lines += ["", "Summary: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
-              "", "Values on the metric's own scale (AUROC 0-1); delta = reproduced − published."]
+              "", "Values on the metric's own scale (AUROC 0-1); delta = reproduced − published; data = the records' "
+              "data fingerprint (harness.results.data_fingerprint)."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,14 @@
-"""Result records: one JSON file per (method, weights, task, task version, fraction, seed).
+"""Result records: one JSON file per (method, weights, task, task version, fraction, seed, data).
+
+Every record names the data it was computed on: ``dataset_fingerprint`` (ids, splits, views
+and labels of the task's datasets) and ``world`` (the synthetic world's identity from its
+marker: generator, generator version, seed, scale, calibration; ``"real"`` for real data;
+``"self-contained"`` for a dataset that writes itself, the unit-test ``mock``). Their short
+digest, ``data_fingerprint(rec)``, is part of the file name, so records of different data
+never overwrite each other, and the leaderboard, ``compare``, ``regress`` and ``sweep`` use
+it to never mix them. Older records (before ``world`` was stored) are still read; their
+data fingerprint is their dataset fingerprint's first characters, so they never pass for
+a record of a known world.
 
 Written atomically (temp file in the same directory, fsync, rename), so a killed
 run leaves no partial record and concurrent runs never interleave bytes. The
@@ -7,6 +17,7 @@ leaderboard and ``regress`` read only these files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -33,14 +44,53 @@ class ResultsError(OSError):
     """The results directory cannot be written; the message says which and why."""
 
 
+DATA_FINGERPRINT_CHARS = 12
+
+
+def data_fingerprint(rec: dict[str, Any]) -> str:
+    """The short fingerprint of the data a record was computed on (see the module docstring).
+
+    Args:
+        rec: a result record (or anything with ``dataset_fingerprint`` and, for new records, ``world``).
+
+    Returns:
+        12 hex characters: a digest of ``dataset_fingerprint`` and ``world``; for an older record
+        without ``world``, the start of its ``dataset_fingerprint``.
+    """
+    fingerprint = str(rec.get("dataset_fingerprint") or "")
+    world = rec.get("world")
+    if world is None:
+        return fingerprint[:DATA_FINGERPRINT_CHARS]
+    blob = json.dumps({"dataset_fingerprint": fingerprint, "world": world}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:DATA_FINGERPRINT_CHARS]
+
+
+def world_label(rec: dict[str, Any]) -> str:
+    """A short human description of a record's ``world`` (for tables and messages)."""
+    world = rec.get("world")
+    if world is None:
+        return "world not recorded (older record)"
+    if not isinstance(world, dict):
+        return {"real": "real data", "self-contained": "self-contained dataset"}.get(str(world), str(world))
+    scale = world.get("scale", "?")
+    calibration = str(world.get("calibration", "?"))
+    if world.get("calibration_sha256"):
+        calibration += f" [{str(world['calibration_sha256'])[:12]}]"
+    scale_text = f"{scale:g}" if isinstance(scale, (int, float)) else str(scale)
+    return (f"synthetic world {world.get('generator', '?')} v{world.get('generator_version', '?')}, "
+            f"seed {world.get('seed', '?')}, scale {scale_text}, calibration {calibration}")
+
+
 def record_name(rec: dict[str, Any]) -> str:
+    """The record's file name (no suffix): every key of the module docstring's title, data included."""
     frac = f"{rec['fraction']:g}".replace(".", "p")
     profile = f"__{rec['profile']}" if rec.get("profile") else ""
     return (f"{rec['task']}__v{rec['task_version']}__{rec['method']}__{rec['weights_sha256'][:12]}"
-            f"{profile}__f{frac}__s{rec['seed']}")
+            f"{profile}__f{frac}__s{rec['seed']}__d{data_fingerprint(rec)}")
 
 
 def record_path(results_dir: Path, rec: dict[str, Any]) -> Path:
+    """Where ``write_record`` puts ``rec``: ``<results>/<data_source>/<task>/<record_name>.json``."""
     return Path(results_dir) / rec["data_source"] / rec["task"] / f"{record_name(rec)}.json"
 
 

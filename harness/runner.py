@@ -141,6 +141,18 @@ class _SelfContained:
         return True
 
 
+def data_world(data_root: Any) -> dict[str, Any] | str:
+    """The record's ``world``: the synthetic world's identity (``harness.synth.world_identity``),
+    ``"real"``, or ``"self-contained"`` for a task whose datasets write themselves (``mock``)."""
+    if data_root.data_source == "real":
+        return "real"
+    if data_root.path is None:
+        return "self-contained"
+    from harness.synth import world_identity
+
+    return world_identity(data_root.path)
+
+
 def load_records(dataset: str, data_root: Any) -> Any:
     """Adapter output for one dataset under the resolved data root."""
     adapter = DATASETS.get(dataset)
@@ -295,6 +307,7 @@ class Prepared:
     load_source: Any  # Callable[[str], TrainingData]: other datasets' training rows
     timings: dict[str, float]
     pretrain_on: str | None = None  # another dataset to pretrain on (validated), None: the task's
+    world: dict[str, Any] | str | None = None  # the record's ``world`` (``data_world``)
 
     def pretraining_data(self) -> Any:
         """The rows the method pretrains on: the task's training split, or ``pretrain_on``'s.
@@ -339,6 +352,7 @@ def prepare(req: RunRequest) -> Prepared:
 
     needs_root = any(getattr(DATASETS.get(d), "needs_data_root", True) for d in (task.dataset, task.eval_dataset) if d)
     data_root = resolve_data_root(req.data_root) if needs_root else _SelfContained()
+    world = data_world(data_root)  # before any data is read: a broken marker stops the run at once
     profile = req.profile or ("small" if data_root.data_source == "synthetic" else "paper")
     if profile not in PROFILES:
         raise RunError(f"unknown profile {profile!r}; choose from {list(PROFILES)}")
@@ -365,7 +379,7 @@ def prepare(req: RunRequest) -> Prepared:
         return check_pretraining(rows, data, f"the training split of {name}")
 
     return Prepared(task=task, method=method, protocol=protocol, profile=profile, config=config, device=device,
-                    data=data, load_source=load_source, timings=timings, pretrain_on=pretrain_on)
+                    data=data, load_source=load_source, timings=timings, pretrain_on=pretrain_on, world=world)
 
 
 def pretrain_only(req: RunRequest) -> Path | None:
@@ -446,7 +460,8 @@ def execute(req: RunRequest) -> RunOutcome:
         "started_at": started.isoformat(timespec="seconds"),
         "wall_time_s": time.perf_counter() - t0, "timings": timings,
         "split_sha256": data.split_sha256, "weights_sha256": sha,
-        "dataset_fingerprint": data.dataset_fingerprint,
+        # the data's identity: with world, it makes the record's file name (results.data_fingerprint)
+        "dataset_fingerprint": data.dataset_fingerprint, "world": p.world,
     }
     preds = result.predictions if req.save_predictions else None
     path = results.write_record(req.results_dir, rec, preds)

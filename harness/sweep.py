@@ -17,9 +17,12 @@ nothing else.
 Skipping (``--skip-existing``, the default): a run's record path needs the encoder's
 weights hash, known only after loading, so a cell is skipped when the results directory
 already holds a record with the same method, task, task version, fraction, seed, profile,
-data source (synthetic or real), resolved method config and protocol arguments. Not
-detected: different data under the same data root with an unchanged task version; use
-``--no-skip-existing`` (records are keyed by weights, so a rerun writes beside the old one).
+data source (synthetic or real), resolved method config and protocol arguments, AND the
+same data (``harness.results.data_fingerprint``: the dataset fingerprint and the synthetic
+world). The data is read (records only, no images) for the tasks that have such a
+candidate record, once per task; a record of other data (another world, a changed real
+dataset, an older record that does not name its world) never makes a cell skip, and when
+the data cannot be read the cell runs (and says why if it fails).
 """
 
 from __future__ import annotations
@@ -103,20 +106,48 @@ def _record_identity(rec: dict[str, Any]) -> dict:
             "pretrain_dataset": (rec.get("pretrain") or {}).get("dataset") or rec.get("dataset")}
 
 
-def _existing(results_dir: str) -> dict[str, str]:
-    """config_hash(identity) -> a record file, for every readable record under results_dir."""
+def _existing(results_dir: str) -> dict[str, dict[str, str]]:
+    """config_hash(identity) -> {data fingerprint: a record file}, for every readable record under results_dir."""
     from pathlib import Path
 
-    from harness.results import load_records, record_path
+    from harness.results import data_fingerprint, load_records, record_path
 
     records, _ = load_records(results_dir)
-    out = {}
+    out: dict[str, dict[str, str]] = {}
     for rec in records:
         try:
-            out[config_hash(_record_identity(rec))] = str(record_path(Path(results_dir), rec))
+            path = str(record_path(Path(results_dir), rec))
+            out.setdefault(config_hash(_record_identity(rec)), {})[data_fingerprint(rec)] = path
         except (KeyError, TypeError):
             continue
     return out
+
+
+def _data_fingerprint(task: Any, data_root: str | None) -> str | None:
+    """The ``data_fingerprint`` a run of ``task`` would record now; None when the data cannot be read.
+
+    The same computation as the run's: the adapters' records of the task's datasets (what
+    ``harness.cohort.build_task_data`` hashes into ``dataset_fingerprint``) and the world
+    (``runner.data_world``); no image is read. ``tests/test_sweep.py`` checks it against a record.
+    """
+    import hashlib
+
+    from harness import runner
+    from harness.catalog import DATASETS
+    from harness.data.roots import resolve_data_root
+    from harness.data.schema import DataError
+    from harness.results import data_fingerprint
+
+    try:
+        datasets = [d for d in (task.dataset, task.eval_dataset) if d]
+        needs_root = any(getattr(DATASETS.get(d), "needs_data_root", True) for d in datasets)
+        root = resolve_data_root(data_root) if needs_root else runner._SelfContained()
+        fingerprint = "".join(runner.load_records(d, root).fingerprint() for d in datasets)
+        world = runner.data_world(root)
+    except (RunError, DataError, OSError, KeyError, ValueError):
+        return None  # the cell runs, and its run says what is wrong with the data
+    return data_fingerprint({"dataset_fingerprint": hashlib.sha256(fingerprint.encode()).hexdigest(),
+                             "world": world})
 
 
 def plan_sweep(args: argparse.Namespace) -> Plan:
@@ -129,6 +160,7 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
     plan = Plan()
     fractions = _list(args.fractions, float, "--fractions")
     seeds = _list(args.seeds, int, "--seeds")
+    data_now: dict[str, str | None] = {}  # task -> its data fingerprint, read only when a record could match
     for method_name in _list(args.methods, str, "--methods"):
         for task_name in _list(args.tasks, str, "--tasks"):
             base = RunRequest(method=method_name, task=task_name, profile=args.profile, data_root=args.data_root,
@@ -151,7 +183,11 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
                 for seed in seeds or task.seeds:
                     req = dataclasses.replace(base, fraction=float(fraction), seed=int(seed))
                     cell = Cell(req, group=group)
-                    found = existing.get(config_hash(_identity(req, task, profile, config, data_source)))
+                    candidates = existing.get(config_hash(_identity(req, task, profile, config, data_source)), {})
+                    if candidates and task.name not in data_now:
+                        data_now[task.name] = _data_fingerprint(task, args.data_root)
+                    now = data_now.get(task.name)
+                    found = candidates.get(now) if now else None
                     if found:
                         cell.status, cell.detail = "skipped", found
                     else:

@@ -93,3 +93,53 @@ def test_compare_pairs_by_seed(tmp_path, capsys):
     assert main(["compare", "--results", str(tmp_path), "--task", "t", "moco", "random"]) == 0
     [full] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")]
     assert "+0.1000 | n/a (identical across seeds) | 3/3" in full
+
+
+def _world_records(results: Path, world: dict, values: dict[tuple[str, float], list[float]], day: str) -> str:
+    """Records of moco and random on one world; returns that data's fingerprint."""
+    from harness.results import data_fingerprint
+
+    for (method, fraction), vals in values.items():
+        for seed, v in enumerate(vals):
+            rec = make_record(seed, method=method, task="mimic-cls", fraction=fraction, world=world,
+                              dataset_fingerprint=f"{world['calibration']:x<64}"[:64], metrics={"auroc_macro": v},
+                              weights_sha256=(method + world["calibration"]).ljust(64, "0"), started_at=day)
+            write_record(results, rec)
+    return data_fingerprint(rec)
+
+
+def test_runs_on_different_data_get_separate_labelled_tables(tmp_path):
+    from tests.test_results import WORLD, WORLD_XRV
+
+    old = _world_records(tmp_path / "results", WORLD, {("moco", 0.1): [0.71, 0.73], ("moco", 1.0): [0.80, 0.82],
+                                                       ("random", 1.0): [0.60, 0.62]}, "2024-01-01T00:00:00")
+    new = _world_records(tmp_path / "results", WORLD_XRV, {("moco", 0.1): [0.51, 0.53], ("moco", 1.0): [0.90, 0.92]},
+                         "2024-02-01T00:00:00")
+    [path], problems = render_all(tmp_path / "results", tmp_path / "lb")
+    assert problems == [f"{path}: mimic-cls (synthetic) has runs on 2 different data ({new}: 4 records, {old}: 6 "
+                        "records): rendered as separate tables, never in one row"]
+    text = path.read_text()
+    assert f"- data: 2 different data (`{new}`, `{old}`)" in text
+    head_new = f"## data `{new}`: synthetic world harness.synth v1, seed 0, scale 1, calibration torchxrayvision"
+    head_old = f"## data `{old}`: synthetic world harness.synth v1, seed 0, scale 1, calibration spec"
+    assert text.index(head_new) < text.index(head_old)  # the most recent data first
+    newer, older = text[text.index(head_new):text.index(head_old)], text[text.index(head_old):]
+    assert "| moco | 0.5200 ± 0.0141 (n=2) |" in newer and "| moco | 0.9100 ± 0.0141 (n=2) |" in newer
+    assert "| moco | 0.7200 ± 0.0141 (n=2) |" in older and "| random | 0.6100 ± 0.0141 (n=2) |" in older
+    assert "random" not in newer and "(n=4)" not in text  # no row joins the two data
+    assert "### label fraction 0.1" in newer and "### label fraction 1" in older
+    # one label-efficiency curve per data, never one over both
+    assert sorted(p.name for p in path.parent.glob("*.png")) == [f"mimic-cls__data-{fp}-label-efficiency.png"
+                                                                for fp in sorted((new, old))]
+    assert f"- [data {new}: label efficiency" in text
+
+
+def test_one_data_is_named_in_the_header(tmp_path):
+    from tests.test_results import WORLD
+
+    fp = _world_records(tmp_path / "results", WORLD, {("moco", 1.0): [0.8, 0.82]}, "2024-01-01T00:00:00")
+    [path], problems = render_all(tmp_path / "results", tmp_path / "lb", pictures=False)
+    assert problems == []
+    text = path.read_text()
+    assert f"- data: `{fp}`: synthetic world harness.synth v1, seed 0, scale 1, calibration spec\n" in text
+    assert "## label fraction 1" in text and "## data" not in text

@@ -1,6 +1,7 @@
 import json
 import multiprocessing as mp
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,7 +10,18 @@ import time
 import numpy as np
 import pytest
 
-from harness.results import REQUIRED_KEYS, ResultsError, load_records, write_record
+from harness.results import (
+    REQUIRED_KEYS,
+    ResultsError,
+    data_fingerprint,
+    load_records,
+    record_name,
+    world_label,
+    write_record,
+)
+
+WORLD = {"generator": "harness.synth", "generator_version": "1", "seed": 0, "scale": 1.0, "calibration": "spec"}
+WORLD_XRV = {**WORLD, "calibration": "torchxrayvision", "calibration_sha256": "ab" * 32}
 
 
 def make_record(seed: int, **kw) -> dict:
@@ -89,3 +101,57 @@ def test_unreadable_record_is_reported_not_fatal(tmp_path):
     records, problems = load_records(tmp_path)
     assert len(records) == 1 and len(problems) == 1 and "broken.json" in problems[0]
     time.sleep(0)
+
+
+def test_records_of_different_data_are_written_side_by_side(tmp_path):
+    same_data = make_record(0, world=WORLD, dataset_fingerprint="f" * 64)
+    paths = [write_record(tmp_path, same_data),
+             write_record(tmp_path, make_record(0, world=WORLD_XRV, dataset_fingerprint="f" * 64)),  # other world
+             write_record(tmp_path, make_record(0, world=WORLD, dataset_fingerprint="e" * 64)),  # other data
+             write_record(tmp_path, make_record(0, world="real", dataset_fingerprint="f" * 64, data_source="real")),
+             write_record(tmp_path, make_record(0))]  # an older record: no world
+    assert len(set(paths)) == 5 and all(p.is_file() for p in paths)
+    for path in paths:
+        rec = json.loads(path.read_text())
+        assert path.name == f"{record_name(rec)}.json" and path.stem.endswith(f"__s0__d{data_fingerprint(rec)}")
+    assert paths[-1].name == "t__v1__m__wwwwwwwwwwww__f1__s0__dd.json"
+    assert write_record(tmp_path, {**same_data, "metrics": {"auroc_macro": 0.9}}) == paths[0]  # same data: replaced
+    records, problems = load_records(tmp_path)
+    assert problems == [] and len(records) == 5
+    assert sorted(r["metrics"]["auroc_macro"] for r in records) == [0.5, 0.5, 0.5, 0.5, 0.9]
+
+
+def test_data_fingerprint_names_the_data_only():
+    fp = data_fingerprint(make_record(0, world=WORLD, dataset_fingerprint="f" * 64))
+    assert re.fullmatch(r"[0-9a-f]{12}", fp)
+    # method, seed, metrics ... are not data: the same fingerprint
+    assert data_fingerprint(make_record(3, method="x", world=dict(WORLD), dataset_fingerprint="f" * 64)) == fp
+    others = {data_fingerprint(make_record(0, world=w, dataset_fingerprint=d)) for w, d in (
+        (WORLD_XRV, "f" * 64), ({**WORLD, "seed": 1}, "f" * 64), ({**WORLD, "generator_version": "2"}, "f" * 64),
+        ({**WORLD, "scale": 0.5}, "f" * 64), ("real", "f" * 64), (WORLD, "e" * 64))}
+    assert len(others) == 6 and fp not in others
+    assert data_fingerprint(make_record(0, dataset_fingerprint="0123456789abcdef")) == "0123456789ab"  # older record
+    assert world_label({"world": WORLD}) == "synthetic world harness.synth v1, seed 0, scale 1, calibration spec"
+    assert world_label({"world": WORLD_XRV}).endswith("calibration torchxrayvision [abababababab]")
+    assert world_label({"world": "real"}) == "real data"
+    assert world_label({"world": "self-contained"}) == "self-contained dataset"
+    assert world_label({}) == "world not recorded (older record)"
+
+
+def test_a_run_records_its_world(tmp_path, corpus_world):
+    from harness.runner import RunRequest, execute
+    from harness.synth import MARKER
+
+    mock = execute(RunRequest(method="random", task="mock", profile="smoke", results_dir=str(tmp_path),
+                              progress=False))
+    assert mock.record["world"] == "self-contained"
+    assert re.fullmatch(r"[0-9a-f]{64}", mock.record["dataset_fingerprint"])
+    assert mock.path.stem.endswith(f"__d{data_fingerprint(mock.record)}")
+    out = execute(RunRequest(method="random", task="mimic-cls", profile="smoke", data_root=str(corpus_world),
+                             results_dir=str(tmp_path), progress=False))
+    marker = json.loads((corpus_world / MARKER).read_text())
+    assert out.record["world"] == {k: marker[k] for k in ("generator", "generator_version", "seed", "scale",
+                                                          "calibration")}
+    assert out.record["world"] == {"generator": "harness.synth", "generator_version": "1", "seed": 1, "scale": 0.05,
+                                   "calibration": "spec"}
+    assert json.loads(out.path.read_text())["world"] == out.record["world"]

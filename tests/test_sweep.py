@@ -79,3 +79,21 @@ def test_sweep_reports_the_failing_cell_completes_the_others_then_skips(tmp_path
     out = capsys.readouterr().out
     assert code == 0 and "0 done, 0 failed, 2 skipped" in out
     assert sorted((tmp_path / "results").rglob("*.json")) == sorted(records)
+
+
+@needs_mock
+def test_skip_existing_computes_the_recorded_data_fingerprint(tmp_path, corpus_world):
+    from harness.results import data_fingerprint
+    from harness.runner import RunRequest, execute, get_task
+
+    results = tmp_path / "results"
+    for task in ("mock", "chexpert-ext"):  # a self-contained dataset; a task with an external test set
+        out = execute(RunRequest(method="random", task=task, profile="smoke", data_root=str(corpus_world),
+                                 results_dir=str(results), progress=False))
+        # what the sweep computes from the records alone (no image) is what the run recorded
+        assert sweep._data_fingerprint(get_task(task), str(corpus_world)) == data_fingerprint(out.record)
+    argv = ("--methods", "random", "--tasks", "mock", "chexpert-ext", "--fractions", "1", "--seeds", "0",
+            "--profile", "smoke", "--data-root", str(corpus_world), "--results", str(results))
+    plan = sweep.plan_sweep(_args(*argv))
+    assert [(c.request.task, c.status) for c in plan.cells] == [("mock", "skipped"), ("chexpert-ext", "skipped")]
+    assert all(Path(c.detail).is_file() for c in plan.cells)

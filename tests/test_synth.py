@@ -264,6 +264,112 @@ def test_calibration_without_torchxrayvision() -> None:
         prevalence_targets("chexpert", "nonsense")
 
 
+# --- calibration: never from what is installed, torchxrayvision only when asked for ------------------------
+
+# the CheXpert columns the calibration reads (literal copy of the labeller's names, as in train.csv)
+XRV_CHEXPERT_COLUMNS = ("Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+                        "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
+                        "Pleural Other", "Fracture", "Support Devices")
+
+
+def fake_torchxrayvision(site: Path, effusion_rows: int = 0) -> Path:
+    """A minimal importable ``torchxrayvision`` under ``site``: an empty package plus the two bundled
+    metadata files the calibration reads, 10 rows each (``effusion_rows`` CheXpert rows with an effusion,
+    5 with cardiomegaly; one NIH image with an effusion). Returns ``site`` (to put on sys.path)."""
+    data = site / "torchxrayvision" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    (site / "torchxrayvision" / "__init__.py").write_text('"""Stand-in: only its bundled metadata is read."""\n')
+    rows = ["Path,Sex," + ",".join(XRV_CHEXPERT_COLUMNS)]
+    for i in range(10):
+        labels = {"Pleural Effusion": 1.0 if i < effusion_rows else 0.0, "Cardiomegaly": -1.0 if i < 5 else ""}
+        rows.append(f"CheXpert-v1.0/train/patient{i:05d}/study1/view1_frontal.jpg,Male,"
+                    + ",".join(str(labels.get(c, "")) for c in XRV_CHEXPERT_COLUMNS))
+    (data / "chexpert_train.csv.gz").write_bytes(gzip.compress(("\n".join(rows) + "\n").encode(), mtime=0))
+    nih = ["Image Index,Finding Labels,Patient ID", "00000001_000.png,Effusion|Infiltration,1"]
+    nih += [f"0000000{i}_000.png,No Finding,{i}" for i in range(2, 11)]
+    (data / "Data_Entry_2017_v2020.csv.gz").write_bytes(gzip.compress(("\n".join(nih) + "\n").encode(), mtime=0))
+    return site
+
+
+def _file_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _chexpert_fingerprint(root: Path) -> str:
+    from harness.catalog import DATASETS
+
+    return DATASETS.get("chexpert").load(root, data_source="synthetic").fingerprint()
+
+
+SMALL = {"sources": ("chexpert", "nih14"), "scale": 0.01, "seed": 3, "progress": False}
+
+
+def test_installed_torchxrayvision_changes_nothing_by_itself(tmp_path: Path, monkeypatch) -> None:
+    from harness.data.roots import synthetic_cache_dir
+    from harness.synth.world import GENERATOR_VERSION
+
+    before = write_world(tmp_path / "before", **SMALL)
+    monkeypatch.syspath_prepend(str(fake_torchxrayvision(tmp_path / "site")))
+    assert importlib.util.find_spec("torchxrayvision") is not None  # "installed" now
+    after = write_world(tmp_path / "after", **SMALL)
+    assert before == after and after["calibration"] == "spec" and "calibration_sha256" not in after
+    assert _file_bytes(tmp_path / "before") == _file_bytes(tmp_path / "after")  # every byte of every file
+    assert _chexpert_fingerprint(tmp_path / "before") == _chexpert_fingerprint(tmp_path / "after")
+    assert default_calibration() == "spec" and prevalence_targets("chexpert")["pleural_effusion"] == 0.44
+    env = {"HARNESS_CACHE": str(tmp_path / "cache")}
+    assert synthetic_cache_dir(3, 0.01, env) == tmp_path / "cache" / "synth" / f"v{GENERATOR_VERSION}-s3-x0.01"
+
+
+def test_torchxrayvision_calibration_when_asked_is_its_own_world(tmp_path: Path, monkeypatch) -> None:
+    from harness.data.roots import synthetic_cache_dir
+    from harness.synth import world_identity
+
+    write_world(tmp_path / "spec", **SMALL)
+    monkeypatch.syspath_prepend(str(fake_torchxrayvision(tmp_path / "site")))
+    marker = write_world(tmp_path / "xrv", **SMALL, calibration="torchxrayvision")
+    digest = marker["calibration_sha256"]
+    assert marker["calibration"] == "torchxrayvision" and re.fullmatch(r"[0-9a-f]{64}", digest)
+    assert json.loads((tmp_path / "xrv" / MARKER).read_text())["calibration_sha256"] == digest
+    # the rates come from the fake package's files: 0/10 effusions (floored at 1 %), 5/10 uncertain cardiomegaly
+    targets = prevalence_targets("chexpert", "torchxrayvision")
+    assert targets["pleural_effusion"] == 0.01 and targets["cardiomegaly"] == 0.5
+    assert prevalence_targets("nih14", "torchxrayvision")["pleural_effusion"] == pytest.approx(0.1)
+    assert prevalence_targets("mimic", "torchxrayvision") == prevalence_targets("mimic")  # no MIMIC metadata
+    spec_files, xrv_files = _file_bytes(tmp_path / "spec"), _file_bytes(tmp_path / "xrv")
+    label_csv = "chexpert/CheXpert-v1.0-small/train.csv"
+    assert spec_files[label_csv] != xrv_files[label_csv]
+    assert _chexpert_fingerprint(tmp_path / "spec") != _chexpert_fingerprint(tmp_path / "xrv")
+    assert world_identity(tmp_path / "xrv") == {**world_identity(tmp_path / "spec"),
+                                                "calibration": "torchxrayvision", "calibration_sha256": digest}
+    # the default world: its own folder, named with the files' digest, only through the variable
+    env = {"HARNESS_CACHE": str(tmp_path / "cache")}
+    plain = synthetic_cache_dir(3, 0.01, env)
+    tagged = synthetic_cache_dir(3, 0.01, {**env, "HARNESS_SYNTH_CALIBRATION": "torchxrayvision"})
+    assert tagged == plain.with_name(f"{plain.name}-torchxrayvision-{digest[:12]}")
+    # another torchxrayvision release (other metadata): other rates, another digest, another folder
+    fake_torchxrayvision(tmp_path / "site", effusion_rows=5)
+    assert prevalence_targets("chexpert", "torchxrayvision")["pleural_effusion"] == 0.5
+    moved = synthetic_cache_dir(3, 0.01, {**env, "HARNESS_SYNTH_CALIBRATION": "torchxrayvision"})
+    assert moved != tagged and moved.name.startswith(f"{plain.name}-torchxrayvision-")
+
+
+def test_default_root_takes_the_calibration_only_from_the_variable(tmp_path: Path, monkeypatch, capsys) -> None:
+    from harness.cli import main
+
+    monkeypatch.syspath_prepend(str(fake_torchxrayvision(tmp_path / "site")))
+    env = {"HARNESS_CACHE": str(tmp_path / "cache"), "HARNESS_SYNTH_SCALE": "0.01",
+           "HARNESS_SYNTH_CALIBRATION": "torchxrayvision"}
+    root = resolve_data_root(None, environ=env)
+    marker = json.loads((root.path / MARKER).read_text())
+    assert root.data_source == "synthetic" and marker["calibration"] == "torchxrayvision"
+    assert root.path.name == f"v{marker['generator_version']}-s0-x0.01-torchxrayvision-" \
+                             f"{marker['calibration_sha256'][:12]}"
+    assert main(["-q", "data", "synth", "--out", str(tmp_path / "cli"), "--sources", "nih14", "--scale", "0.01",
+                 "--calibration", "torchxrayvision"]) == 0
+    assert "calibration torchxrayvision" in capsys.readouterr().out
+    assert json.loads((tmp_path / "cli" / MARKER).read_text())["calibration_sha256"] == marker["calibration_sha256"]
+
+
 def test_write_world_rejects_unknown_sources(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown source"):
         write_world(tmp_path, sources=("mimic", "padchest"), progress=False)

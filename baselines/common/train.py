@@ -39,7 +39,8 @@ What ``fit`` guarantees:
   mean over ranks. Use ``StepSampler(..., rank=, world_size=)`` for the data split.
 - **Logs.** ``workdir/log.jsonl``: one JSON object per ``log_every`` steps
   (``step``, ``loss``, ``lr``, ``steps_per_s`` and whatever the step returned);
-  ``workdir/run.json``: the train config and ``meta``. A tqdm bar when ``progress``.
+  ``workdir/run.json``: the train config and ``meta``. Progress (``harness.progress``: a bar on a terminal,
+  log lines elsewhere) when ``progress``.
 
 Outputs: ``final.pt`` = ``{"format", "step", "model", "meta"}`` (the encoder's
 weights, what ``Method.load`` reads) next to the full ``checkpoint.pt``.
@@ -345,9 +346,9 @@ class Trainer:
         model.train()
         bar = None
         if cfg.progress and self.dist.is_main and self.step < cfg.steps:
-            from tqdm.auto import tqdm
+            from harness.progress import progress
 
-            bar = tqdm(total=cfg.steps, initial=self.step, desc=str(self.meta.get("method", "train")), unit="step")
+            bar = progress(cfg.steps, str(self.meta.get("method", "train")), unit="step", initial=self.step)
         window: list[tuple[torch.Tensor, dict]] = []
         tick = time.perf_counter()
         while self.step < cfg.steps:

@@ -120,9 +120,8 @@ def decode_images(report: CheckReport, *, size: int = DECODE_SIZE, workers: int 
         workers: decoding processes; None: one per core (at most 8) from ``PARALLEL_FROM`` images, else 0.
         progress: show a progress bar.
     """
-    from tqdm.auto import tqdm
-
     from harness.data.images import decode_results
+    from harness.progress import progress as progress_bar
 
     paths = report.image_paths
     if not paths:
@@ -130,7 +129,7 @@ def decode_images(report: CheckReport, *, size: int = DECODE_SIZE, workers: int 
     if workers is None:
         workers = min(8, os.cpu_count() or 1) if len(paths) >= PARALLEL_FROM else 0
     unreadable: list[str] = []
-    bar = tqdm(total=len(paths), desc=f"decoding {report.dataset} images", unit="img", disable=not progress)
+    bar = progress_bar(len(paths), f"decoding {report.dataset} images", unit="img", enabled=progress)
     try:
         for path, reason in zip(paths, decode_results(paths, size, workers), strict=True):
             if reason:

@@ -64,10 +64,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from harness.data.schema import DataError
 from harness.locking import file_lock
+from harness.progress import progress as progress_display
 
 FORMAT_VERSION = 1
 CHECKPOINT_EVERY = 256  # images between header checkpoints of a build (resume granularity)
@@ -290,7 +290,7 @@ def _build(paths: list[str], size: int, header: dict, pixels_path: Path, header_
     mode = "r+" if start > 0 else "w+"
     data = np.memmap(pixels_path, dtype=np.uint8, mode=mode, shape=(n, size, size))
     jobs = [(p, size) for p in paths[start:]]
-    bar = tqdm(total=n, initial=start, desc=f"image cache {size}px", unit="img", disable=not progress)
+    bar = progress_display(n, f"image cache {size}px", unit="img", initial=start, enabled=progress)
     decoded = _decoded(jobs, workers)
     try:
         for i, (pixels, reason) in enumerate(decoded, start=start):
@@ -322,7 +322,7 @@ def image_store(paths: Sequence[str | Path], size: int, *, cache_root: Path | No
         paths: image files; row i of the store is ``paths[i]``.
         size: side of the square images.
         cache_root: folder of the cache files (default ``$HARNESS_CACHE/images``).
-        progress: show a tqdm bar while building.
+        progress: show the build's progress (``harness.progress``: a bar on a terminal, lines in a log).
         workers: decoding processes (0: in this process).
 
     Returns:

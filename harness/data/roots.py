@@ -10,7 +10,9 @@ Resolution order (first that applies):
 3. neither: the default synthetic world, generated on first use into
    ``$HARNESS_CACHE/synth/v<generator>-s<seed>-x<scale>/`` (``HARNESS_CACHE`` defaults to
    ``~/.cache/harness``; scale from ``$HARNESS_SYNTH_SCALE``, default 1) under a file lock,
-   written to a temporary folder and renamed, then reused.
+   written to a temporary folder and renamed, then reused. Its calibration is ``spec``
+   whatever is installed; ``HARNESS_SYNTH_CALIBRATION=torchxrayvision`` asks for the other
+   one, which lives in its own folder (``...-torchxrayvision-<digest of its files>``).
 
 A root is ``synthetic`` iff it holds ``HARNESS_SYNTHETIC.json``; real and
 synthetic sources are never mixed in one resolution (that would mix results).
@@ -151,26 +153,62 @@ def _cache(environ: Mapping[str, str]) -> Path:
     return Path(environ.get(ENV_CACHE) or "~/.cache/harness").expanduser()
 
 
-def synthetic_cache_dir(seed: int, scale: float, environ: Mapping[str, str] | None = None) -> Path:
-    from harness.synth.calibration import default_calibration
+def _calibration(calibration: str | None, environ: Mapping[str, str]) -> str:
+    """The default world's calibration: the argument, else ``$HARNESS_SYNTH_CALIBRATION``, else ``spec``."""
+    from harness.synth.calibration import ENV_CALIBRATION, CalibrationError, check_calibration
+
+    where = "calibration" if calibration else f"${ENV_CALIBRATION}"
+    try:
+        return check_calibration(calibration or environ.get(ENV_CALIBRATION) or "spec", where)
+    except CalibrationError as exc:
+        raise DataError(str(exc)) from None
+
+
+def synthetic_cache_dir(seed: int, scale: float, environ: Mapping[str, str] | None = None,
+                        calibration: str | None = None) -> Path:
+    """The default world's folder: ``$HARNESS_CACHE/synth/v<generator>-s<seed>-x<scale>[-<calibration>-<digest>]``.
+
+    Args:
+        seed: world seed.
+        scale: world scale.
+        environ: where ``HARNESS_CACHE`` and ``HARNESS_SYNTH_CALIBRATION`` are read (default ``os.environ``).
+        calibration: ``spec`` or ``torchxrayvision``; default: ``$HARNESS_SYNTH_CALIBRATION``, else ``spec``.
+
+    Returns:
+        The folder (not created). A non-spec calibration gets its own folder, named with the
+        digest of the files it reads, so it never shares one with the spec world or another release.
+
+    Raises:
+        DataError: an unknown calibration, or torchxrayvision (or its metadata) missing.
+    """
+    from harness.synth.calibration import CalibrationError, calibration_sha256
     from harness.synth.world import GENERATOR_VERSION
 
     environ = os.environ if environ is None else environ
     cache = _cache(environ)
-    calibration = default_calibration()
-    tag = "" if calibration == "spec" else f"-{calibration}"
+    calibration = _calibration(calibration, environ)
+    try:
+        digest = calibration_sha256(calibration)
+    except CalibrationError as exc:
+        raise DataError(str(exc)) from None
+    tag = "" if digest is None else f"-{calibration}-{digest[:12]}"
     return cache / "synth" / f"v{GENERATOR_VERSION}-s{seed}-x{scale:g}{tag}"
 
 
 def default_synthetic_root(*, seed: int = 0, scale: float | None = None, progress: bool = True,
-                           environ: Mapping[str, str] | None = None) -> Path:
-    """The cached synthetic world for (generator version, seed, scale), generated once."""
+                           environ: Mapping[str, str] | None = None, calibration: str | None = None) -> Path:
+    """The cached synthetic world for (generator version, seed, scale, calibration), generated once.
+
+    ``calibration`` defaults to ``$HARNESS_SYNTH_CALIBRATION``, else ``spec`` (never to what is
+    installed); see ``synthetic_cache_dir`` for the folder and the errors.
+    """
     from harness.synth import write_world
 
     environ = os.environ if environ is None else environ
     if scale is None:
         scale = float(environ.get(ENV_SYNTH_SCALE) or 1.0)
-    final = synthetic_cache_dir(seed, scale, environ)
+    calibration = _calibration(calibration, environ)
+    final = synthetic_cache_dir(seed, scale, environ, calibration)
     if (final / MARKER).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +217,7 @@ def default_synthetic_root(*, seed: int = 0, scale: float | None = None, progres
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
         try:
-            write_world(tmp, seed=seed, scale=scale, progress=progress)
+            write_world(tmp, seed=seed, scale=scale, progress=progress, calibration=calibration)
             if final.exists():  # a folder without marker: an interrupted older layout
                 shutil.rmtree(final)
             os.rename(tmp, final)

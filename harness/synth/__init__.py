@@ -2,7 +2,7 @@
 
 ``write_world(DIR)`` writes, in each dataset's ORIGINAL layout (``specs/datasets.md``)::
 
-    DIR/HARNESS_SYNTHETIC.json          marker: generator version, seed, scale, sources, counts
+    DIR/HARNESS_SYNTHETIC.json          marker: generator version, seed, scale, calibration, sources, counts
     DIR/mimic-cxr-jpg/                  MIMIC-CXR-JPG 2.1.0 (CSVs gzipped, files/pNN/p<subject>/s<study>/*.jpg)
     DIR/mimic-cxr/                      MIMIC-CXR reports (files/pNN/p<subject>/s<study>.txt) + record lists
     DIR/mimiciv/3.1/hosp/, icu/         patients, admissions, icustays (.csv.gz)
@@ -12,9 +12,11 @@
     DIR/_synthetic/ground_truth.csv.gz  every drawn finding's box: dataset,image,finding,x,y,w,h
 
 The same adapters that read real data read these folders; the marker makes
-every result say ``data_source: synthetic``. Output is byte-for-byte
-reproducible for a (seed, scale, calibration): per-item numpy generators, no
-time stamps, gzip mtime 0. At ``scale=1`` the world has about 1,200 MIMIC
+every result say ``data_source: synthetic``, and ``world_identity`` (generator
+version, seed, scale, calibration) goes into every record run on it. Output is
+byte-for-byte reproducible for a (seed, scale, calibration) whatever is installed:
+per-item numpy generators, no time stamps, gzip mtime 0; the calibration is
+``spec`` unless another is asked for (``harness.synth.calibration``). At ``scale=1`` the world has about 1,200 MIMIC
 images (700 studies, 300 patients), 900 + 150 CheXpert images, 1,200 NIH
 images with ~150 boxes and 400 OpenI reports (~750 images), and is written in
 about a minute on one core::
@@ -25,12 +27,12 @@ about a minute on one core::
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from harness.synth import files, quirks, write_chexpert, write_mimic, write_nih14, write_openi
-from harness.synth.calibration import default_calibration
+from harness.synth.calibration import calibration_sha256, check_calibration, prevalence_targets
 from harness.synth.world import GENERATOR_VERSION, SOURCES, build_source
 
 MARKER = "HARNESS_SYNTHETIC.json"
@@ -41,20 +43,21 @@ _WRITERS: dict[str, Callable] = {
     "openi": write_openi.write,
 }
 
-__all__ = ["GENERATOR_VERSION", "MARKER", "SOURCES", "TRUTH", "write_world"]
+# what makes two worlds the same world (the marker's other keys follow from these and the sources)
+IDENTITY_KEYS = ("generator", "generator_version", "seed", "scale", "calibration", "calibration_sha256")
+
+__all__ = ["GENERATOR_VERSION", "IDENTITY_KEYS", "MARKER", "SOURCES", "TRUTH", "world_identity", "write_world"]
 
 
 def _progress_bar(enabled: bool, total: int, desc: str) -> tuple[Callable[[int], None], Callable[[], None]]:
-    if not enabled:
-        return (lambda n: None), (lambda: None)
-    from tqdm import tqdm
+    from harness.progress import progress
 
-    bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False)
+    bar = progress(total, desc, unit="img", enabled=enabled, leave=False)
     return bar.update, bar.close
 
 
 def write_world(out: str | Path, *, sources: Sequence[str] = SOURCES, scale: float = 1.0, seed: int = 0,
-                progress: bool = True, calibration: str | None = None) -> dict:
+                progress: bool = True, calibration: str = "spec") -> dict:
     """Write the synthetic world under ``out`` and return the marker's content.
 
     Args:
@@ -62,19 +65,28 @@ def write_world(out: str | Path, *, sources: Sequence[str] = SOURCES, scale: flo
         sources: any of ``mimic``, ``chexpert``, ``nih14``, ``openi``.
         scale: multiplies patient counts (nasty cases are planted at every scale).
         seed: world seed; the same (seed, scale, calibration) gives the same bytes.
-        progress: show a tqdm bar per source on stderr.
-        calibration: ``spec`` (published counts) or ``torchxrayvision`` (its bundled metadata,
-            when installed); default: torchxrayvision if installed, else spec.
+        progress: show the progress per source on stderr (``harness.progress``).
+        calibration: ``spec`` (published counts, the default whatever is installed) or
+            ``torchxrayvision`` (the metadata bundled with a locally installed torchxrayvision;
+            only when asked for: the marker then records it and the files' ``calibration_sha256``).
+
+    Returns:
+        The marker's content (see ``world_identity`` for the keys that identify the world).
 
     Raises:
-        ValueError: unknown source or a non-positive scale.
+        ValueError: unknown source, a non-positive scale, or a calibration that cannot be used
+            (``harness.synth.calibration.CalibrationError``: unknown, or torchxrayvision missing);
+            raised before anything is written.
     """
     unknown = sorted(set(sources) - set(SOURCES))
     if unknown or not sources:
         raise ValueError(f"unknown source(s) {unknown}; choose from {SOURCES}")
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale}")
-    calibration = calibration or default_calibration()
+    calibration = check_calibration(calibration or "spec")
+    digest = calibration_sha256(calibration)
+    for source in sources:  # read every calibration file now: a damaged one stops us before anything is written
+        prevalence_targets(source, calibration)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     counts, truth = {}, []
@@ -93,5 +105,27 @@ def write_world(out: str | Path, *, sources: Sequence[str] = SOURCES, scale: flo
     marker = {"generator": "harness.synth", "generator_version": GENERATOR_VERSION, "seed": seed, "scale": scale,
               "calibration": calibration, "sources": [s for s in SOURCES if s in sources], "counts": counts,
               "data_source": "synthetic"}
+    if digest is not None:  # absent for spec, so a spec world's marker has the same bytes as it always had
+        marker["calibration_sha256"] = digest
     files.write_text(root / MARKER, json.dumps(marker, indent=2, sort_keys=True) + "\n")
     return marker
+
+
+def world_identity(root: str | Path) -> dict[str, Any]:
+    """What identifies the synthetic world under ``root``: the ``IDENTITY_KEYS`` of its marker.
+
+    Records store it (``world``), so two records of different worlds never look alike.
+
+    Raises:
+        DataError: the marker is missing, unreadable or not a JSON object (the message names it).
+    """
+    from harness.data.schema import DataError
+
+    path = Path(root) / MARKER
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable synthetic-world marker ({exc})") from None
+    if not isinstance(marker, dict):
+        raise DataError(f"{path}: synthetic-world marker is not a JSON object")
+    return {k: marker[k] for k in IDENTITY_KEYS if k in marker}

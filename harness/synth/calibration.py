@@ -1,24 +1,33 @@
 """Target prevalence of every finding per source: the published counts, or a local calibration.
 
-Default (``"spec"``): fractions taken from the counts quoted in
+Default (``"spec"``), whatever is installed: fractions taken from the counts quoted in
 ``specs/datasets.md`` (NIH-14 image counts, torchxrayvision's OpenI report counts)
 and the CheXpert / MIMIC-CXR-JPG papers' label tables, rounded. Rare labels are
 floored at 1 % so that every label has positives in a small world.
 
-Optional (``"torchxrayvision"``): when the torchxrayvision package is installed
-locally, its bundled metadata (``chexpert_train.csv.gz``,
-``Data_Entry_2017_v2020.csv.gz``) is read at run time to recompute the CheXpert
-and NIH rates. Nothing from that package is copied into this repository; the
-marker file records which calibration built a world.
+Only when asked for (``"torchxrayvision"``: ``write_world(calibration=...)``,
+``harness data synth --calibration``, or ``HARNESS_SYNTH_CALIBRATION`` for the default
+world): the bundled metadata of a locally installed torchxrayvision
+(``<package>/data/chexpert_train.csv.gz`` and ``Data_Entry_2017_v2020.csv.gz``) is read
+to recompute the CheXpert and NIH rates (MIMIC and OpenI keep the spec rates). Installing
+the package never changes a world by itself: a world that depends on what happens to be
+installed would give different numbers under the same name. Nothing from that package is
+copied into this repository; ``calibration_sha256`` (a digest of the two files it read)
+goes into the world's marker and its cache folder name, so a different torchxrayvision
+release makes a different, differently named world.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
 FLOOR, CAP = 0.01, 0.6
+CALIBRATIONS = ("spec", "torchxrayvision")
+ENV_CALIBRATION = "HARNESS_SYNTH_CALIBRATION"
+XRV_FILES = {"chexpert": "chexpert_train.csv.gz", "nih14": "Data_Entry_2017_v2020.csv.gz"}
 
 _SPEC = {
     # study-level positive-or-uncertain rates (MIMIC-CXR-JPG paper, CheXpert labeler)
@@ -70,42 +79,107 @@ _NIH_LABELS = {
 }
 
 
+class CalibrationError(ValueError, RuntimeError):
+    """A calibration that cannot be used: unknown, or its package or files are missing (the message says which).
+
+    A ValueError (a bad argument) and a RuntimeError (what a missing package raised before).
+    """
+
+
 def default_calibration() -> str:
-    """``torchxrayvision`` when that package is installed here, else ``spec``."""
-    return "torchxrayvision" if importlib.util.find_spec("torchxrayvision") is not None else "spec"
+    """Always ``spec``: a world never depends on which optional packages are installed."""
+    return "spec"
+
+
+def check_calibration(calibration: str, where: str = "calibration") -> str:
+    """``calibration`` itself when it is one of ``CALIBRATIONS``.
+
+    Raises:
+        CalibrationError: any other value (``where`` names the option or variable it came from).
+    """
+    if calibration not in CALIBRATIONS:
+        raise CalibrationError(f"{where} must be one of {', '.join(CALIBRATIONS)}; got {calibration!r}")
+    return calibration
+
+
+def _xrv_data() -> Path:
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None or spec.origin is None:
+        raise CalibrationError("calibration 'torchxrayvision' asked for, but the torchxrayvision package is not "
+                               "installed (use the default calibration 'spec')")
+    return Path(spec.origin).parent / "data"
+
+
+def _xrv_files() -> dict[str, Path]:
+    data = _xrv_data()
+    files = {source: data / name for source, name in XRV_FILES.items()}
+    for path in files.values():
+        if not path.is_file():
+            raise CalibrationError(f"calibration 'torchxrayvision': {path} not found (this torchxrayvision "
+                                   "does not bundle the metadata the calibration reads)")
+    return files
+
+
+def calibration_sha256(calibration: str) -> str | None:
+    """Digest of what a calibration reads beyond this repository: None for ``spec``.
+
+    Raises:
+        CalibrationError: unknown calibration, or torchxrayvision / its metadata files missing.
+    """
+    if check_calibration(calibration) == "spec":
+        return None
+    h = hashlib.sha256()
+    for source, path in sorted(_xrv_files().items()):
+        h.update(f"{source}:{path.name}:".encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def _bounded(rates: dict[str, float]) -> dict[str, float]:
     return {k: min(CAP, max(FLOOR, float(v))) for k, v in rates.items()}
 
 
-@lru_cache(maxsize=16)
 def prevalence_targets(source: str, calibration: str = "spec") -> dict[str, float]:
-    """Finding -> target prevalence for ``source`` (mimic | chexpert | nih14 | openi)."""
-    if calibration not in ("spec", "torchxrayvision"):
-        raise ValueError(f"calibration must be 'spec' or 'torchxrayvision', got {calibration!r}")
+    """Finding -> target prevalence for ``source`` (mimic | chexpert | nih14 | openi).
+
+    Raises:
+        CalibrationError: see ``calibration_sha256``.
+    """
+    # keyed by the files' digest too: another torchxrayvision on sys.path gives other rates, never stale ones
+    return dict(_targets(source, calibration, calibration_sha256(calibration)))
+
+
+@lru_cache(maxsize=32)
+def _targets(source: str, calibration: str, digest: str | None) -> dict[str, float]:
     rates = dict(_SPEC[source])
     if calibration == "torchxrayvision":
         rates.update(_from_torchxrayvision(source))
     return _bounded(rates)
 
 
-def _from_torchxrayvision(source: str) -> dict[str, float]:  # pragma: no cover - needs the package
+def _from_torchxrayvision(source: str) -> dict[str, float]:
     import pandas as pd
 
-    spec = importlib.util.find_spec("torchxrayvision")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("calibration='torchxrayvision' but the package is not installed")
-    data = Path(spec.origin).parent / "data"
+    if source not in XRV_FILES:
+        return {}
+    path = _xrv_files()[source]
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError, EOFError) as exc:
+        raise CalibrationError(f"calibration 'torchxrayvision': {path}: unreadable ({exc})") from None
+    columns = list(_CHEXPERT_COLUMNS) if source == "chexpert" else ["Finding Labels"]
+    missing = [c for c in columns if c not in frame.columns]
+    if missing or frame.empty:
+        raise CalibrationError(f"calibration 'torchxrayvision': {path}: "
+                               + (f"no column(s) {missing}" if missing else "no rows"))
     out: dict[str, float] = {}
-    if source == "chexpert" and (data / "chexpert_train.csv.gz").exists():
-        frame = pd.read_csv(data / "chexpert_train.csv.gz")
+    if source == "chexpert":
         for column, names in _CHEXPERT_COLUMNS.items():
-            rate = float(frame[column].isin([1.0, -1.0]).mean()) if column in frame else None
-            for name in names if rate is not None else ():
+            rate = float(frame[column].isin([1.0, -1.0]).mean())
+            for name in names:
                 out[name] = rate / len(names)
-    if source == "nih14" and (data / "Data_Entry_2017_v2020.csv.gz").exists():
-        labels = pd.read_csv(data / "Data_Entry_2017_v2020.csv.gz")["Finding Labels"].str.split("|")
+    else:
+        labels = frame["Finding Labels"].fillna("").astype(str).str.split("|")
         for label, name in _NIH_LABELS.items():
             out[name] = float(labels.map(lambda ls, lab=label: lab in ls).mean())
     return out

@@ -28,7 +28,7 @@ import numpy as np
 
 from harness.synth import findings as fx
 from harness.synth.anatomy import Anatomy, sample_anatomy
-from harness.synth.calibration import prevalence_targets
+from harness.synth.calibration import calibration_sha256, prevalence_targets
 from harness.synth.render import ImageStyle, Rendered, render
 
 GENERATOR_VERSION = "1"
@@ -168,9 +168,14 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-@lru_cache(maxsize=8)
 def intercepts(source: str, calibration: str = "spec") -> dict[str, float]:
     """Per-finding intercepts that make each marginal prevalence hit its target."""
+    # cached by the calibration files' digest too: other torchxrayvision files are never served stale intercepts
+    return dict(_intercepts(source, calibration, calibration_sha256(calibration)))
+
+
+@lru_cache(maxsize=8)
+def _intercepts(source: str, calibration: str, digest: str | None) -> dict[str, float]:
     profile = PROFILES[source]
     ctx = _contexts(profile, np.random.default_rng(12345), 20000)
     out = {}
