@@ -177,7 +177,7 @@ def _check_semantics(spec: TaskSpec, where: str) -> None:
             raise TaskSpecError(f"{where}: label_policy.{key}: {value!r} is not one of {sorted(policies)}")
     unknown_labels = sorted(set(lp.per_label) - set(spec.labels))
     if unknown_labels:
-        raise TaskSpecError(f"{where}: label_policy.per_label names unknown label(s) {unknown_labels}"
+        raise TaskSpecError(f"{where}: label_policy.per_label: unknown label(s) {unknown_labels}"
                             f"{suggest(unknown_labels[0], spec.labels)} (it may name only the task's labels)")
     for key in ("labels", "metrics", "views", "fractions", "seeds", "requires"):
         values = getattr(spec, key) or ()
