@@ -227,17 +227,13 @@ def test_submit_refuses_a_bad_task_file(tmp_path, capsys):
 
 
 def test_sweep_refuses_a_bad_task_file_before_submitting_anything(tmp_path, capsys):
-    """The sweep's convention: a cell refused at planning is reported failed and '(not submitted)'."""
     path = _damaged(tmp_path, "mimic-cls", _sub("fractions: [0.01, 0.1, 1.0]", "fractions: [0.01, 0.01]"))
     root = tmp_path / "data"  # an (empty) data root: without one the sweep would write the synthetic world first
     root.mkdir()
-    code = main(["sweep", "--methods", "random", "--tasks", "mimic-cls", "--tasks-dir", str(path.parent),
-                 "--data-root", str(root), "--executor", "local", "--results", str(tmp_path / "r"),
-                 "--logs", str(tmp_path / "logs")])
-    captured = capsys.readouterr()
-    assert code == 1 and "Traceback" not in captured.err
-    assert "0 done, 1 failed, 0 skipped" in captured.out and "(not submitted)" in captured.out
-    assert f"    {path}: fractions: 0.01 is repeated" in captured.out.splitlines()
+    line = cli_error(["sweep", "--methods", "random", "--tasks", "mimic-cls", "--tasks-dir", str(path.parent),
+                      "--data-root", str(root), "--executor", "local", "--results", str(tmp_path / "r"),
+                      "--logs", str(tmp_path / "logs")], capsys)
+    assert line == f"harness: error: {path}: fractions: 0.01 is repeated"
     assert not (tmp_path / "r").exists() and not (tmp_path / "logs").exists()
 
 
