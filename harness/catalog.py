@@ -9,7 +9,10 @@ Each entry resolves to:
 - DATASETS: an adapter object with ``load(root: Path) -> Records`` and
   ``check(root: Path) -> CheckReport``;
 - PROTOCOLS: a callable ``(EvalContext) -> ProtocolResult``
-  (``harness.protocols.base``).
+  (``harness.protocols.base``);
+- PROTOCOL_ARGS: the protocol's declaration of its arguments and metrics
+  (``harness.protocols.args.ProtocolArgs``), under the same name: what
+  ``harness.tasks.load_task`` checks a task file against.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from harness.registry import Registry
 METHODS: Registry[Any] = Registry("method")
 DATASETS: Registry[Any] = Registry("dataset")
 PROTOCOLS: Registry[Any] = Registry("protocol")
+PROTOCOL_ARGS: Registry[Any] = Registry("protocol declaration")
 
 _BUILTIN_METHODS = {
     "random": "baselines.random_init:RandomMethod",
@@ -53,3 +57,4 @@ for _name, _target in _BUILTIN_DATASETS.items():
     DATASETS.add_lazy(_name, _target)
 for _name, _target in _BUILTIN_PROTOCOLS.items():
     PROTOCOLS.add_lazy(_name, _target)
+    PROTOCOL_ARGS.add_lazy(_name, _target.replace(":run", ":ARGS"))

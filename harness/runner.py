@@ -129,6 +129,14 @@ def method_config(method: Any, profile: str, overrides: list[str]) -> dict[str, 
 def check_fraction(task: TaskSpec, fraction: float) -> None:
     if not 0 < fraction <= 1:
         raise RunError(f"--fraction must be in (0, 1], got {fraction}")
+    from harness.protocols.args import ArgError, declared
+
+    decl = declared(task.protocol)
+    try:
+        if decl is not None:
+            decl.check_fraction(fraction)  # a zero-shot protocol would refuse it only after pretraining
+    except ArgError as exc:
+        raise RunError(f"--fraction: {exc.what}") from None
 
 
 class _SelfContained:

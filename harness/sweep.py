@@ -36,6 +36,7 @@ from typing import Any
 from harness import dispatch
 from harness.config import config_hash
 from harness.runner import RunError, RunRequest, add_pretrain_on_argument
+from harness.tasks import TaskSpecError
 
 STATUSES = ("done", "failed", "skipped")
 
@@ -173,6 +174,8 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
                 config = runner.method_config(method, profile, base.overrides)
                 base = dataclasses.replace(base, pretrain_on=runner.effective_pretrain_on(method, task,
                                                                                           base.pretrain_on))
+            except TaskSpecError:
+                raise  # a malformed task file stops the whole sweep before any work: one line, exit 2, as `run`
             except (RunError, KeyError, ValueError) as exc:
                 msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
                 plan.cells.append(Cell(base, status="failed", error=msg))

@@ -57,5 +57,5 @@ def test_non_trainable_encoder_is_refused(tmp_path):
 
     with pytest.raises(ProtocolError, match="not trainable"):
         finetune.run(context(task_data(), Frozen(), tmp_path, ARGS))
-    with pytest.raises(ProtocolError, match="unknown argument"):
+    with pytest.raises(ProtocolError, match="unknown protocol argument"):
         finetune.run(context(task_data(), TinyEncoder(), tmp_path, {"lr": 1}))

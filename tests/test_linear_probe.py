@@ -114,7 +114,7 @@ def test_external_test_dataset(tmp_path):
 
 def test_bad_arguments_and_metrics_are_errors(tmp_path):
     data, enc = task_data(), TinyEncoder()
-    with pytest.raises(ProtocolError, match="unknown argument"):
+    with pytest.raises(ProtocolError, match="unknown protocol argument"):
         linear_probe.run(context(data, enc, tmp_path, {"lr": 1}))
     bad = dataclasses.replace(data, task=toy_task(metrics=("auroc_macro", "psnr")))
     with pytest.raises(ProtocolError, match="psnr"):

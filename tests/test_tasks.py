@@ -12,6 +12,8 @@ source: tests
 dataset: mock
 protocol: linear-probe
 labels: [Square, Bar]
+split:
+  method: patient-hash
 metrics: [auroc_macro]
 main_metric: auroc_macro
 """
@@ -39,8 +41,8 @@ def test_good_file_loads_frozen(tmp_path):
     (lambda s: s + "fractions: [0.1, 2]\n", "fractions: 2.0 is not in (0, 1]"),
     (lambda s: s.replace("main_metric: auroc_macro", "main_metric: f1"), "main_metric 'f1' is not listed"),
     (lambda s: s + "label_policy: {uncertain: maybe}\n", "label_policy.uncertain: 'maybe'"),
-    (lambda s: s + "split: {method: random}\n", "split.method: 'random'"),
-    (lambda s: s + "split: {methd: official}\n", "unknown key(s) ['methd']"),
+    (lambda s: s.replace("method: patient-hash", "method: random"), "split.method: 'random'"),
+    (lambda s: s.replace("method: patient-hash", "methd: official"), "unknown key(s) ['methd']"),
     (lambda s: s + "requires: [telepathy]\n", "unknown capability ['telepathy']"),
     (lambda s: s.replace("name: t", "name: other"), "must equal the file name"),
     (lambda s: s + "  bad indent: [\n", "not valid YAML"),

@@ -346,6 +346,8 @@ class ChexpertAdapter:
 
     name = NAME
     label_names = CHEXPERT_14
+    views = ("PA", "AP", "LL", "RL", "LATERAL", "FRONTAL")  # see ``view`` in the module docstring
+    splits = ("train", "val", "test")  # train.csv, valid.csv, test/ with groundtruth.csv
 
     def load(self, root: Path, *, data_source: DataSource = "real", check_files: bool = True) -> Records:
         return load(root, data_source=data_source, check_files=check_files)

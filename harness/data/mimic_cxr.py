@@ -328,6 +328,10 @@ class MimicCxrAdapter:
 
     name = "mimic-cxr"
     label_names = CHEXPERT_14
+    # ViewPosition values of the MIMIC-CXR-JPG metadata ("" where it is blank), what task views are checked against
+    views = ("PA", "AP", "LATERAL", "LL", "AP AXIAL", "AP LLD", "AP RLD", "PA LLD", "PA RLD", "LAO", "RAO", "LPO",
+             "SWIMMERS", "XTABLE LATERAL", "")
+    splits = ("train", "val", "test")  # the official split (mimic-cxr-2.0.0-split.csv.gz)
 
     def load(  # noqa: PLR0913  (keyword-only options, each a documented cohort/source switch)
         self, root: Path, *, reports_root: Path | None = None, ehr_root: Path | None = None,

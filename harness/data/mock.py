@@ -102,6 +102,8 @@ def _ensure(root: Path) -> None:
 class MockAdapter:
     name = "mock"
     needs_data_root = False  # it writes itself into the cache; no data root is resolved for it
+    views = ("PA",)
+    splits = ()  # tasks assign a patient-hash split
 
     def load(self, root: Path | None = None, *, data_source: str = "synthetic", **_: object) -> Records:
         root = _root()

@@ -383,6 +383,8 @@ class Nih14Adapter:
 
     name = NAME
     label_names = LABELS
+    views = ("PA", "AP", "LATERAL")  # View Position (PA / AP; L or LAT in some copies)
+    splits = ("train", "test")  # train_val_list.txt, test_list.txt: no official validation split
 
     def load(self, root: Path, *, data_source: DataSource = "real", check_files: bool = True) -> Records:
         return load(root, data_source=data_source, check_files=check_files)

@@ -355,6 +355,8 @@ class OpeniAdapter:
 
     name = NAME
     label_names = OPENI_LABELS
+    views = ("", "FRONTAL", "LATERAL")  # unknown without indiana_projections.csv
+    splits = ()  # no official split
 
     def load(self, root: Path, *, data_source: DataSource = "real", check_files: bool = True) -> Records:
         return load(root, data_source=data_source, check_files=check_files)

@@ -15,26 +15,19 @@ order draw from a seeded RNG inside ``torch.random.fork_rng`` (the global RNG
 state is left as it was). On CUDA, bf16 autocast is used and cuDNN makes the
 result non-deterministic at the float-rounding level.
 
-Arguments (``ctx.args``, usually profile-specific through the task's
-``profile_args``; unknown keys are an error):
-
-===================  ==========================================  =======
-``epochs``           maximum epochs                              10
-``batch_size``       training batch size                         32
-``eval_batch_size``  validation / test batch size                64
-``encoder_lr``       AdamW learning rate of the encoder          1e-5
-``head_lr``          AdamW learning rate of the head             1e-3
-``weight_decay``     AdamW weight decay                          1e-4
-``patience``         epochs without val improvement before stop  3
-``bootstrap``        patient resamples for the CI (0: no CI)     1000
-===================  ==========================================  =======
+Arguments: ``ARGS`` below (names, types, defaults and ranges, checked by
+``harness.protocols.args``), usually profile-specific through the task's
+``profile_args``: ``epochs`` (maximum), ``batch_size`` / ``eval_batch_size``,
+``encoder_lr`` / ``head_lr`` / ``weight_decay`` (AdamW), ``patience`` (epochs
+without a validation improvement before stopping) and ``bootstrap`` (patient
+resamples for the CI; 0: no CI).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,31 +39,45 @@ from harness.cohort import SplitData, fraction_mask
 from harness.features import assert_unchanged, weights_sha256
 from harness.methods import capabilities
 from harness.preprocess import to_model_input
+from harness.protocols.args import Arg, ProtocolArgs
 from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
-from harness.protocols.linear_probe import check_metrics, masked_bce, report
+from harness.protocols.linear_probe import CLASSIFICATION_METRICS, masked_bce, report
+
+ARGS = ProtocolArgs(
+    "finetune",
+    {
+        "epochs": Arg(int, 10, "maximum epochs", ge=1),
+        "batch_size": Arg(int, 32, "training batch size (BatchNorm needs two images)", ge=2),
+        "eval_batch_size": Arg(int, 64, "validation / test batch size", ge=1),
+        # pretrained weights move slowly; the fresh head needs a larger step (0 freezes the encoder)
+        "encoder_lr": Arg(float, 1e-5, "AdamW learning rate of the encoder", ge=0),
+        "head_lr": Arg(float, 1e-3, "AdamW learning rate of the head", gt=0),
+        "weight_decay": Arg(float, 1e-4, "AdamW weight decay", ge=0),
+        "patience": Arg(int, 3, "epochs without a validation improvement before stopping", ge=1),
+        "bootstrap": Arg(int, 1000, "patient resamples for the CI (0: no CI)", ge=0),
+    },
+    metrics=lambda args: CLASSIFICATION_METRICS, needs_labels=True, requires=lambda args: ("image", "trainable"))
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    epochs: int = 10
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    encoder_lr: float = 1e-5  # pretrained weights move slowly; the fresh head needs a larger step
-    head_lr: float = 1e-3
-    weight_decay: float = 1e-4
-    patience: int = 3
-    bootstrap: int = 1000
+    epochs: int = ARGS.default("epochs")
+    batch_size: int = ARGS.default("batch_size")
+    eval_batch_size: int = ARGS.default("eval_batch_size")
+    encoder_lr: float = ARGS.default("encoder_lr")
+    head_lr: float = ARGS.default("head_lr")
+    weight_decay: float = ARGS.default("weight_decay")
+    patience: int = ARGS.default("patience")
+    bootstrap: int = ARGS.default("bootstrap")
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> FinetuneConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(args) - known)
-        if unknown:
-            raise ProtocolError(f"finetune: unknown argument(s) {unknown}; known: {sorted(known)}")
-        cfg = cls(**args)
-        if cfg.epochs < 1 or cfg.batch_size < 2 or cfg.patience < 1:
-            raise ProtocolError(f"finetune: need epochs >= 1, batch_size >= 2, patience >= 1; got {cfg}")
-        return cfg
+        """The fine-tuning configuration from protocol arguments, checked against ``ARGS``.
+
+        Raises:
+            ProtocolError: an argument ``ARGS`` does not accept.
+        """
+        return cls(**ARGS.resolve_or_raise(args))
 
 
 class Classifier(nn.Module):
@@ -158,8 +165,7 @@ def fit(model: Classifier, ctx: EvalContext, rows: np.ndarray, config: FinetuneC
 
 def run(ctx: EvalContext) -> ProtocolResult:
     """Fine-tune a copy of the encoder with a linear head (see the module docstring)."""
-    config = FinetuneConfig.from_args(ctx.args)
-    check_metrics(ctx)
+    config = FinetuneConfig.from_args(ARGS.read(ctx))
     if "trainable" not in capabilities(ctx.encoder):
         raise ProtocolError("finetune: the encoder is not trainable (needs a torch.nn.Module with encode_image)")
     sha = weights_sha256(ctx.encoder)

@@ -25,19 +25,16 @@ bit-identical (MoCo's ``sanity_check``).
 ``l2`` relates to scikit-learn's per-label ``C`` by ``C = 1 / (L * l2 * n_train)``
 with ``L`` labels (its loss is summed over images, ours averaged over images and labels).
 
-Arguments (``ctx.args``; unknown keys are an error):
-
-==============  ==================================================  =========
-``l2_grid``     L2 strengths tried on validation                    1e-6..1
-``max_iter``    L-BFGS iterations per strength                      200
-``batch_size``  feature-extraction batch size                       64
-``bootstrap``   patient resamples for the CI (0: no CI)             1000
-==============  ==================================================  =========
+Arguments: ``ARGS`` below (names, types, defaults and ranges, checked by
+``harness.protocols.args`` when the task loads and again when the probe runs):
+``l2_grid`` (the L2 strengths tried on validation), ``max_iter`` (L-BFGS
+iterations per strength), ``batch_size`` (feature extraction) and ``bootstrap``
+(patient resamples for the CI of the main metric; 0: no CI).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,26 +43,41 @@ import torch
 from harness import metrics
 from harness.cohort import fraction_mask
 from harness.features import assert_unchanged, extract_features, split_cache_key, weights_sha256
+from harness.protocols.args import Arg, ProtocolArgs
 from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
+
+# what score_classification computes; shared by the fine-tune and multimodal declarations
+CLASSIFICATION_METRICS = (*metrics.SCORE_METRICS, *metrics.THRESHOLD_METRICS)
+
+ARGS = ProtocolArgs(
+    "linear-probe",
+    {
+        "l2_grid": Arg(float, [1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6], "L2 strengths tried on validation",
+                       many=True, ge=0),
+        # L-BFGS converges in well under 200 steps on standardised features
+        "max_iter": Arg(int, 200, "L-BFGS iterations per strength", ge=1),
+        "batch_size": Arg(int, 64, "feature-extraction batch size", ge=1),
+        "bootstrap": Arg(int, 1000, "patient resamples for the CI (0: no CI)", ge=0),  # MSN+EHR's 1,000
+    },
+    metrics=lambda args: CLASSIFICATION_METRICS, needs_labels=True)
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    l2_grid: tuple[float, ...] = (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
-    max_iter: int = 200  # L-BFGS converges in well under 200 steps on standardised features
-    batch_size: int = 64
-    bootstrap: int = 1000  # MSN+EHR's 1,000 resamples
+    l2_grid: tuple[float, ...] = tuple(ARGS.default("l2_grid"))
+    max_iter: int = ARGS.default("max_iter")
+    batch_size: int = ARGS.default("batch_size")
+    bootstrap: int = ARGS.default("bootstrap")
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> ProbeConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(args) - known)
-        if unknown:
-            raise ProtocolError(f"linear-probe: unknown argument(s) {unknown}; known: {sorted(known)}")
-        cfg = cls(**{**args, "l2_grid": tuple(float(v) for v in args.get("l2_grid", cls.l2_grid))})
-        if not cfg.l2_grid or any(v < 0 for v in cfg.l2_grid):
-            raise ProtocolError(f"linear-probe: l2_grid must be non-empty and >= 0, got {cfg.l2_grid}")
-        return cfg
+        """The probe's configuration from protocol arguments, checked against ``ARGS``.
+
+        Raises:
+            ProtocolError: an argument ``ARGS`` does not accept.
+        """
+        resolved = ARGS.resolve_or_raise(args)
+        return cls(**{**resolved, "l2_grid": tuple(resolved["l2_grid"])})
 
 
 @dataclass
@@ -179,15 +191,6 @@ def frozen_features(ctx: EvalContext, batch_size: int) -> dict[str, np.ndarray]:
             for name in ("train", "val", "test")}
 
 
-def check_metrics(ctx: EvalContext) -> None:
-    allowed = (*metrics.SCORE_METRICS, *metrics.THRESHOLD_METRICS)
-    bad = [m for m in ctx.task.metrics if m not in allowed]
-    if bad:
-        raise ProtocolError(f"{ctx.task.protocol}: cannot compute metric(s) {bad}; choose from {list(allowed)}")
-    if not ctx.task.labels:
-        raise ProtocolError(f"{ctx.task.protocol}: task {ctx.task.name!r} lists no labels")
-
-
 def report(ctx: EvalContext, y_val: np.ndarray, s_val: np.ndarray, s_test: np.ndarray,
            n_boot: int) -> metrics.ClassificationScores:
     """The task's metrics on test (F1 thresholds from val), CI on the main metric, label names in details."""
@@ -205,8 +208,7 @@ def report(ctx: EvalContext, y_val: np.ndarray, s_val: np.ndarray, s_test: np.nd
 
 def run(ctx: EvalContext) -> ProtocolResult:
     """Linear probe on frozen features (see the module docstring)."""
-    config = ProbeConfig.from_args(ctx.args)
-    check_metrics(ctx)
+    config = ProbeConfig.from_args(ARGS.read(ctx))
     sha = weights_sha256(ctx.encoder)
     feats = frozen_features(ctx, config.batch_size)
     train, val = ctx.data.train, ctx.data.val

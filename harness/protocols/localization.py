@@ -24,6 +24,9 @@ The same is done for a uniform-random map drawn on the region grid (seeded),
 reported as ``details["random_baseline"]``: a method must beat it to claim
 localization. Per-label values are in ``details["per_label"]``.
 
+Arguments: ``ARGS`` below (names, types, defaults and ranges, checked by
+``harness.protocols.args`` when the task loads and again when the protocol runs).
+
 Example task fragment::
 
     protocol: localization
@@ -45,16 +48,35 @@ from harness import metrics
 from harness.data.schema import DataError
 from harness.features import assert_unchanged, extract_features, split_cache_key
 from harness.methods import capabilities
+from harness.protocols.args import Arg, ProtocolArgs
 from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
 from harness.protocols.retrieval import encode_texts
 
 BOX_COLUMNS = ("image_id", "label", "x0", "y0", "x1", "y1")
-DEFAULTS: dict[str, Any] = {
-    "templates": ["there is {label}"],
-    "threshold": 0.5,
-    "batch_size": 32,
-    "n_bootstrap": 1000,
-}
+
+
+def _template_problem(template: str) -> str | None:
+    """Why ``template`` cannot phrase a label (``phrase`` formats it with ``label=`` only), or None."""
+    if "{label}" not in template:
+        return f"template {template!r} must contain '{{label}}'"
+    try:
+        template.format(label="x")
+    except (KeyError, IndexError, ValueError) as exc:  # "{finding}", "{0}", a lone "{"
+        return f"template {template!r} does not format with only {{label}}: {type(exc).__name__} {exc}"
+    return None
+
+
+ARGS = ProtocolArgs(
+    "localization",
+    {
+        "templates": Arg(str, ["there is {label}"], "prompt templates, averaged (CLIP-style ensembling)", many=True,
+                         check=_template_problem),
+        "threshold": Arg(float, 0.5, "the normalised map is thresholded here for the IoU", gt=0, lt=1),
+        "batch_size": Arg(int, 32, "region-feature and phrase batch size", ge=1),
+        "n_bootstrap": Arg(int, 1000, "patient resamples for the CIs", ge=1),
+    },
+    metrics=lambda a: ("pointing_game", "iou"), zero_shot=True,
+    requires=lambda a: ("image_regions", "text", "localization"))
 
 
 def phrase(template: str, label: str) -> str:
@@ -148,23 +170,11 @@ def _phrase_embeddings(ctx: EvalContext, labels: list[str], templates: list[str]
 
 
 def _args(ctx: EvalContext) -> dict[str, Any]:
-    unknown = sorted(set(ctx.args) - set(DEFAULTS))
-    if unknown:
-        raise ProtocolError(f"localization: unknown protocol arg(s) {unknown}; known: {sorted(DEFAULTS)}")
-    args = {**DEFAULTS, **ctx.args}
-    if ctx.fraction != 1:
-        raise ProtocolError(f"localization is zero-shot (nothing is trained): fraction {ctx.fraction} has no "
-                            "meaning")
+    args = ARGS.resolve_or_raise(ctx.args)
+    ARGS.check_run(ctx, args)  # zero-shot: fraction 1 only; pointing_game / iou only
     if "localization" not in capabilities(ctx.encoder):
         raise ProtocolError("localization: the encoder needs region features and text in one joint space "
                             "(capability 'localization')")
-    unknown_metrics = [m for m in ctx.task.metrics if m not in ("pointing_game", "iou")]
-    if unknown_metrics:
-        raise ProtocolError(f"localization: cannot compute metric(s) {unknown_metrics}; it gives pointing_game, iou")
-    if not 0 < float(args["threshold"]) < 1:
-        raise ProtocolError(f"localization: threshold must be in (0, 1), got {args['threshold']}")
-    if not args["templates"] or any("{label}" not in t for t in args["templates"]):
-        raise ProtocolError("localization: every template must contain '{label}'")
     return args
 
 
@@ -183,14 +193,14 @@ def run(ctx: EvalContext) -> ProtocolResult:
     key = {**split_cache_key(ctx, "test"), "subset": "boxed",
            "subset_sha256": hashlib.sha256(rows.tobytes()).hexdigest()}
     regions = extract_features(ctx.encoder, _Rows(ctx.data.test.images, rows), ctx.preprocess, kind="regions",
-                               batch_size=int(args["batch_size"]), device=ctx.device, cache_key=key,
+                               batch_size=args["batch_size"], device=ctx.device, cache_key=key,
                                progress=ctx.progress)  # (n_images, R, Dr)
     regions = np.ascontiguousarray(regions)  # cache hit or miss: the same layout, the same bits
     grid, size = tuple(ctx.encoder.region_grid), ctx.preprocess.image_size
     if regions.shape[1] != grid[0] * grid[1]:
         raise ProtocolError(f"localization: {regions.shape[1]} regions do not fill region_grid {grid}")
     phrases = _phrase_embeddings(ctx, sorted(cases["label"].unique()), list(args["templates"]),
-                                 int(args["batch_size"]))
+                                 args["batch_size"])
     if next(iter(phrases.values())).shape[0] != regions.shape[2]:
         raise ProtocolError("localization: region and text features differ in size; no joint space")
     feature_row = {r: i for i, r in enumerate(rows)}
@@ -203,7 +213,7 @@ def run(ctx: EvalContext) -> ProtocolResult:
         maps = similarity_maps(reg, torch.stack([phrases[label] for label in chunk["label"]]), grid, size)
         noise = upsample_normalise(torch.rand(len(chunk), 1, *grid, generator=rng), size)
         for out, m in ((model, maps), (random, noise)):
-            hits, ious = score_maps(m.numpy(), masks, float(args["threshold"]))
+            hits, ious = score_maps(m.numpy(), masks, args["threshold"])
             out[0].append(hits)
             out[1].append(ious)
     assert_unchanged(ctx.encoder, ctx.weights_sha256)
@@ -213,11 +223,11 @@ def run(ctx: EvalContext) -> ProtocolResult:
     patients = ctx.data.test.frame["patient_id"].astype(str).to_numpy()[cases["row"].to_numpy()]
     ci = {}
     for name, values, fn in (("pointing_game", hits, np.mean), ("iou", ious, np.nanmean)):
-        boot = metrics.bootstrap_ci(fn, values, groups=patients, n=int(args["n_bootstrap"]), seed=ctx.seed)
+        boot = metrics.bootstrap_ci(fn, values, groups=patients, n=args["n_bootstrap"], seed=ctx.seed)
         ci[name] = (boot.lo, boot.hi)
     details = {"n_cases": len(cases), "n_images": len(rows), "boxes_outside_test": outside,
                "boxes_without_coordinates": no_coordinates,
-               "templates": list(args["templates"]), "threshold": float(args["threshold"]),
+               "templates": list(args["templates"]), "threshold": args["threshold"],
                "region_grid": list(grid), "map_size": size, "per_label": per_label,
                "random_baseline": _summary(random_hits, random_ious)}
     return ProtocolResult(metrics=_summary(hits, ious), ci=ci, details=details,

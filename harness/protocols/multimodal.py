@@ -37,6 +37,9 @@ indication text, and the ``[CLS]`` output predicts the labels::
   AUPRC macro, macro F1 at per-label thresholds chosen on validation, a
   patient-level bootstrap CI of the main metric).
 
+Arguments: ``ARGS`` below (names, types, defaults and ranges, checked by
+``harness.protocols.args`` when the task loads and again when the protocol runs).
+
 Example task fragment::
 
     protocol: multimodal-cls
@@ -64,34 +67,48 @@ from harness.cohort import fraction_mask
 from harness.features import assert_unchanged, extract_features, split_cache_key
 from harness.methods import capabilities
 from harness.preprocess import to_model_input
+from harness.protocols.args import Arg, ProtocolArgs
 from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
-from harness.protocols.linear_probe import check_metrics, report
+from harness.protocols.linear_probe import CLASSIFICATION_METRICS, report
 from harness.wordpiece import SPECIAL_TOKENS, learn_wordpiece_vocab
 
 TEXT_COLUMN = "indication"  # the ONLY report text this protocol reads (see the module docstring)
 STATS_ROWS = 1024  # training images whose tokens set the standardisation (a sample: cheap at any scale)
-DEFAULTS: dict[str, Any] = {
-    "epochs": 20,
-    "batch_size": 32,
-    "lr": 1.0e-4,
-    "weight_decay": 0.01,
-    "max_grad_norm": 1.0,  # gradient clipping, as HF's Trainer does for BERT fine-tuning
-    "warmup_fraction": 0.1,  # of all optimisation steps
-    "patience": 5,  # epochs without a better validation score before stopping
-    "dropout": 0.1,
-    "max_text_tokens": 64,
-    "image_tokens": "auto",  # auto (regions when the encoder has them) | global
-    "finetune_image": False,
-    "image_lr": 1.0e-5,
-    "text_model": None,  # None: a small BERT from scratch; else a local HF model directory
-    # the from-scratch text model and tokenizer
-    "vocab_size": 3000,
-    "hidden_size": 128,
-    "num_layers": 2,
-    "num_heads": 4,
-    "intermediate_size": 512,
-    "n_bootstrap": 1000,
-}
+ARGS = ProtocolArgs(
+    "multimodal-cls",
+    {
+        "epochs": Arg(int, 20, "maximum epochs", ge=1),
+        "batch_size": Arg(int, 32, "training batch size (evaluation uses twice that)", ge=1),
+        "lr": Arg(float, 1.0e-4, "AdamW learning rate of the transformer and projections", gt=0),
+        "weight_decay": Arg(float, 0.01, "AdamW weight decay", ge=0),
+        # gradient clipping, as HF's Trainer does for BERT fine-tuning
+        "max_grad_norm": Arg(float, 1.0, "gradient clipping norm", gt=0),
+        "warmup_fraction": Arg(float, 0.1, "linear warmup, a fraction of all optimisation steps", ge=0, le=1),
+        "patience": Arg(int, 5, "epochs without a better validation score before stopping", ge=1),
+        "dropout": Arg(float, 0.1, "dropout of the text model and the head", ge=0, lt=1),
+        "max_text_tokens": Arg(int, 64, "word pieces of the indication, [CLS] and [SEP] included", ge=2),
+        "image_tokens": Arg(str, "auto", "auto: regions when the encoder has them; global: one token",
+                            choices=("auto", "global")),
+        "finetune_image": Arg(bool, False, "train a copy of the image encoder too (needs 'trainable')"),
+        "image_lr": Arg(float, 1.0e-5, "AdamW learning rate of the image encoder", ge=0,
+                        when=lambda a: a["finetune_image"], when_doc="finetune_image: true"),
+        "text_model": Arg(str, None, "a local HF model directory (or python-package:NAME/SUBDIR); null: a small "
+                                     "BERT from scratch", optional=True,
+                           check=lambda v: None if v.strip() else "must name a model directory (null: from scratch)"),
+        # the from-scratch text model and tokenizer
+        "vocab_size": Arg(int, 3000, "WordPiece vocabulary of the from-scratch model", ge=len(SPECIAL_TOKENS) + 1),
+        "hidden_size": Arg(int, 128, "from-scratch BERT width", ge=1),
+        "num_layers": Arg(int, 2, "from-scratch BERT layers", ge=1),
+        "num_heads": Arg(int, 4, "from-scratch BERT attention heads", ge=1),
+        "intermediate_size": Arg(int, 512, "from-scratch BERT feed-forward width", ge=1),
+        "n_bootstrap": Arg(int, 1000, "patient resamples for the CI (0: no CI)", ge=0),
+    },
+    metrics=lambda args: CLASSIFICATION_METRICS,
+    # BertSelfAttention refuses a width its heads do not divide, deep inside the model build
+    rules=(lambda a: ("num_heads", f"hidden_size {a['hidden_size']} is not a multiple of num_heads {a['num_heads']}")
+           if a["text_model"] is None and a["hidden_size"] % a["num_heads"] else None,),
+    needs_labels=True,
+    requires=lambda a: ("image", "trainable") if a["finetune_image"] else ("image",))
 
 
 def indications(frame: Any) -> list[str]:
@@ -224,8 +241,6 @@ class ImageTokens:
 
     def __init__(self, ctx: EvalContext, args: dict[str, Any], train_rows: np.ndarray) -> None:
         caps = capabilities(ctx.encoder)
-        if args["image_tokens"] not in ("auto", "global"):
-            raise ProtocolError(f"multimodal-cls: image_tokens {args['image_tokens']!r} is not auto or global")
         self.kind = "regions" if args["image_tokens"] == "auto" and "image_regions" in caps else "global"
         self.ctx, self.finetune = ctx, bool(args["finetune_image"])
         self.encoder: Any = None
@@ -373,21 +388,13 @@ class Trainer:
                 "selection": "val_auroc_macro" if best[0] > -math.inf else "val_loss (val AUROC undefined)"}
 
 
-def _args(ctx: EvalContext) -> dict[str, Any]:
-    unknown = sorted(set(ctx.args) - set(DEFAULTS))
-    if unknown:
-        raise ProtocolError(f"multimodal-cls: unknown protocol arg(s) {unknown}; known: {sorted(DEFAULTS)}")
-    check_metrics(ctx)  # classification metrics only, and the task has labels
-    return {**DEFAULTS, **ctx.args}
-
-
 def _finite(value: float) -> float | None:
     return None if math.isnan(value) else value  # JSON has no NaN
 
 
 def run(ctx: EvalContext) -> ProtocolResult:
     """Train the image + indication classifier and score it on the test split (see the module docstring)."""
-    args = _args(ctx)
+    args = ARGS.read(ctx)  # every argument checked, defaults filled in; classification metrics, labels present
     trainer = Trainer(ctx, args)
     fit = trainer.fit()
     val_scores, _ = trainer.predict("val")

@@ -35,6 +35,9 @@ see the true visible pixels, as an inpainting does); ``mse`` / ``psnr`` /
 ``ssim`` average the scales. ``details["mean_image_baseline"]`` scores
 predicting the training images' mean image (the floor a probe must beat).
 
+Arguments: ``ARGS`` below (names, types, defaults and ranges, checked by
+``harness.protocols.args`` when the task loads and again when the protocol runs).
+
 Example task fragment::
 
     protocol: regeneration
@@ -62,24 +65,40 @@ from harness.cohort import fraction_mask
 from harness.features import assert_unchanged
 from harness.methods import capabilities
 from harness.preprocess import from_model_input, to_model_input
+from harness.protocols.args import Arg, ProtocolArgs
 from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
 
 PSNR_CAP_DB = 100.0  # MSE 1e-10: numerically a perfect regeneration
-DEFAULTS: dict[str, Any] = {
-    "patch_sizes": [8, 16, 32],
-    "mask_ratio": 0.5,
-    "mode": "auto",  # auto | native | probe
-    "batch_size": 32,
-    "max_test": None,  # None: every test image
-    "n_examples": 8,
-    "n_bootstrap": 1000,
-    # the regeneration probe
-    "probe_steps": 500,
-    "probe_lr": 1.0e-3,
-    "probe_width": 64,
-    "global_grid": 7,  # the grid a global feature vector is broadcast over
-    "ssim_win_size": 7,
-}
+
+
+def _metrics(a: dict[str, Any]) -> list[str]:
+    """``mse`` / ``psnr`` / ``ssim`` (averaged over the scales) and each per scale, ``psnr_p{p}`` ..."""
+    return [f"{m}{scale}" for m in ("mse", "psnr", "ssim") for scale in ("", *(f"_p{p}" for p in a["patch_sizes"]))]
+
+
+ARGS = ProtocolArgs(
+    "regeneration",
+    {
+        "patch_sizes": Arg(int, [8, 16, 32], "mask scales: patch sides in pixels of the preprocess size", many=True,
+                           ge=1),
+        "mask_ratio": Arg(float, 0.5, "fraction of the patches hidden", gt=0, lt=1),
+        "mode": Arg(str, "auto", "auto (native when the encoder can regenerate) | native | probe",
+                    choices=("auto", "native", "probe")),
+        "batch_size": Arg(int, 32, "test and probe-training batch size", ge=1),
+        "max_test": Arg(int, None, "score the first N test images (null: every one)", optional=True, ge=1),
+        "n_examples": Arg(int, 8, "original / masked / regenerated triplets kept as predictions", ge=0),
+        "n_bootstrap": Arg(int, 1000, "patient resamples for the PSNR / SSIM CIs", ge=1),
+        # the regeneration probe
+        "probe_steps": Arg(int, 500, "probe training steps (0: the probe predicts the mean image)", ge=0),
+        "probe_lr": Arg(float, 1.0e-3, "probe AdamW learning rate", gt=0),
+        "probe_width": Arg(int, 64, "probe channels (GroupNorm with 8 groups: a multiple of 8)", ge=8,
+                           check=lambda v: None if v % 8 == 0 else f"must be a multiple of 8 (GroupNorm(8)), got {v}"),
+        "global_grid": Arg(int, 7, "the grid a global feature vector is broadcast over", ge=1),
+        "ssim_win_size": Arg(int, 7, "SSIM window side (odd)", ge=3,
+                             check=lambda v: None if v % 2 else f"must be odd, got {v}"),
+    },
+    metrics=_metrics,
+    requires=lambda a: ("image", "regeneration") if a["mode"] == "native" else ("image",))
 
 
 # --------------------------------------------------------------------------- masks
@@ -312,25 +331,17 @@ def _summary(per_scale: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
 
 
 def _args(ctx: EvalContext) -> dict[str, Any]:
-    unknown = sorted(set(ctx.args) - set(DEFAULTS))
-    if unknown:
-        raise ProtocolError(f"regeneration: unknown protocol arg(s) {unknown}; known: {sorted(DEFAULTS)}")
-    args = {**DEFAULTS, **ctx.args}
+    args = ARGS.resolve_or_raise(ctx.args)
     native = "regeneration" in capabilities(ctx.encoder)
     mode = args["mode"] if args["mode"] != "auto" else ("native" if native else "probe")
-    if mode not in ("native", "probe"):
-        raise ProtocolError(f"regeneration: mode {args['mode']!r} is not auto, native or probe")
     if mode == "native" and not native:
         raise ProtocolError("regeneration: mode native needs an encoder with the regeneration capability")
     if mode == "probe" and "image" not in capabilities(ctx.encoder):
         raise ProtocolError("regeneration: the probe needs an image encoder (encode_image)")
-    for p in args["patch_sizes"]:
-        patch_mask(ctx.preprocess.image_size, int(p), float(args["mask_ratio"]), np.random.default_rng(0))
-    known = {f"{m}{scale}" for m in ("mse", "psnr", "ssim") for scale in ("", *(f"_p{p}" for p in args["patch_sizes"]))}
-    unknown_metrics = [m for m in ctx.task.metrics if m not in known]
-    if unknown_metrics:
-        raise ProtocolError(f"regeneration: cannot compute metric(s) {unknown_metrics}; it gives {sorted(known)}")
-    return {**args, "mode": mode, "patch_sizes": [int(p) for p in args["patch_sizes"]]}
+    for p in args["patch_sizes"]:  # a patch larger than the encoder's input size is known only now
+        patch_mask(ctx.preprocess.image_size, p, args["mask_ratio"], np.random.default_rng(0))
+    ARGS.check_run(ctx, args)
+    return {**args, "mode": mode}
 
 
 def run(ctx: EvalContext) -> ProtocolResult:

@@ -43,6 +43,9 @@ Variants (task ``protocol_args``):
   as in GLoRIA). Metrics: ``i2t_hit{K}`` / ``t2i_hit{K}`` (at least one hit in the
   top K) and ``i2t_prec{K}`` / ``t2i_prec{K}`` (the fraction of hits in the top K).
 
+Arguments: ``ARGS`` below (names, types, defaults, ranges and the mode each
+applies to, checked by ``harness.protocols.args`` when the task loads and again here).
+
 Example task file fragment::
 
     protocol: retrieval
@@ -68,23 +71,64 @@ import torch.nn.functional as F
 from harness import metrics
 from harness.data.schema import CHEXPERT_5
 from harness.features import assert_unchanged, extract_features, split_cache_key
+from harness.protocols.args import Arg, ProtocolArgs
 from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
 
 # The representative image of a study: PA, then AP, then a frontal of unknown projection (OpenI with
 # indiana_projections.csv says FRONTAL), then an unknown view (""), then anything else (laterals).
 VIEW_ORDER = ("PA", "AP", "FRONTAL", "")
-DEFAULTS: dict[str, Any] = {
-    "mode": "pairs",  # pairs | class-5x200
-    "gallery": "one-per-study",  # one-per-study | all-images (pairs mode without block only)
-    "ks": [1, 5, 10],
-    "block": None,  # int: JoImTeRNet R-1k blocks
-    "text_sections": ["findings", "impression"],
-    "classes": list(CHEXPERT_5),  # class-5x200
-    "per_class": 200,  # class-5x200
-    "pool_splits": ["test"],  # class-5x200: splits the studies are drawn from
-    "batch_size": 64,
-    "n_bootstrap": 1000,
-}
+REPORT_SECTIONS = ("indication", "findings", "impression")  # the records' report columns (harness.data.schema)
+
+
+def _pairs(a: dict[str, Any]) -> bool:
+    return a["mode"] == "pairs"
+
+
+def _classes(a: dict[str, Any]) -> bool:
+    return a["mode"] == "class-5x200"
+
+
+def _metrics(a: dict[str, Any]) -> list[str]:
+    """``i2t_r{K}`` ... ``r_mean`` for pairs (blocked or not); ``i2t_hit{K}`` / ``i2t_prec{K}`` ... for 5x200."""
+    if _pairs(a):
+        return [*(f"{d}_{m}" for d in ("i2t", "t2i") for m in (*(f"r{k}" for k in a["ks"]), "median_rank")),
+                "r_mean"]
+    return [f"{d}_{m}{k}" for d in ("i2t", "t2i") for m in ("hit", "prec") for k in a["ks"]]
+
+
+def _classes_are_labels(task: Any, a: dict[str, Any]) -> tuple[str, str] | None:
+    missing = [c for c in a["classes"] if c not in task.labels] if _classes(a) else []
+    return ("protocol_args.classes", f"{missing} are not among the task's labels {list(task.labels)} (the classes' "
+                                     "targets come from them)") if missing else None
+
+
+ARGS = ProtocolArgs(
+    "retrieval",
+    {
+        "mode": Arg(str, "pairs", "pairs (each image's own report) | class-5x200 (GLoRIA class retrieval)",
+                    choices=("pairs", "class-5x200")),
+        "gallery": Arg(str, "one-per-study", "pairs: one image per study, or every image of a study",
+                       choices=("one-per-study", "all-images"), when=_pairs, when_doc="mode: pairs"),
+        "ks": Arg(int, [1, 5, 10], "the K of Recall@K / Hit@K / Precision@K", many=True, ge=1),
+        "block": Arg(int, None, "JoImTeRNet R-1k: pairs per block (null: the whole gallery)", optional=True, ge=1,
+                     when=_pairs, when_doc="mode: pairs"),
+        "text_sections": Arg(str, ["findings", "impression"], "report sections joined into a study's text",
+                             many=True, choices=REPORT_SECTIONS),
+        "classes": Arg(str, list(CHEXPERT_5), "class-5x200: the classes (task labels)", many=True,
+                       when=_classes, when_doc="mode: class-5x200"),
+        "per_class": Arg(int, 200, "class-5x200: studies drawn per class", ge=1,
+                         when=_classes, when_doc="mode: class-5x200"),
+        "pool_splits": Arg(str, ["test"], "class-5x200: the splits the studies are drawn from", many=True,
+                           choices=("train", "val", "test"), when=_classes, when_doc="mode: class-5x200"),
+        "batch_size": Arg(int, 64, "image and text encoding batch size", ge=1),
+        # bootstrap CIs are computed for whole-gallery pairs only
+        "n_bootstrap": Arg(int, 1000, "patient resamples for the recall CIs", ge=1,
+                           when=lambda a: _pairs(a) and a["block"] is None, when_doc="mode: pairs without block"),
+    },
+    metrics=_metrics,
+    rules=(lambda a: ("block", "block needs mode: pairs and gallery: one-per-study (1:1 pairs)")
+           if a["block"] is not None and a["gallery"] != "one-per-study" else None,),
+    zero_shot=True, requires=lambda a: ("image", "text"), task_rules=(_classes_are_labels,))
 
 
 @dataclass
@@ -304,9 +348,6 @@ def _embed(ctx: EvalContext, gallery: Gallery, batch_size: int) -> tuple[torch.T
 
 def _pool_gallery(ctx: EvalContext, args: dict[str, Any]) -> tuple[Gallery, np.ndarray, dict[str, int]]:
     """The class-5x200 sample: a one-per-study gallery over ``pool_splits``, and each item's class."""
-    missing = [c for c in args["classes"] if c not in ctx.data.label_names]
-    if missing:
-        raise ProtocolError(f"retrieval class-5x200: the task's labels lack {missing}")
     cols = [ctx.data.label_names.index(c) for c in args["classes"]]
     galleries, targets, counts = [], [], {}
     for split in args["pool_splits"]:
@@ -323,35 +364,10 @@ def _pool_gallery(ctx: EvalContext, args: dict[str, Any]) -> tuple[Gallery, np.n
     return pooled.take(rows), classes, counts
 
 
-def _args(ctx: EvalContext) -> dict[str, Any]:
-    unknown = sorted(set(ctx.args) - set(DEFAULTS))
-    if unknown:
-        raise ProtocolError(f"retrieval: unknown protocol arg(s) {unknown}; known: {sorted(DEFAULTS)}")
-    args = {**DEFAULTS, **ctx.args}
-    if ctx.fraction != 1:
-        raise ProtocolError(f"retrieval is zero-shot (nothing is trained): fraction {ctx.fraction} has no meaning")
-    if args["mode"] not in ("pairs", "class-5x200"):
-        raise ProtocolError(f"retrieval: mode {args['mode']!r} is not 'pairs' or 'class-5x200'")
-    bad = [s for s in args["pool_splits"] if s not in ("train", "val", "test")]
-    if bad or not args["pool_splits"]:
-        raise ProtocolError(f"retrieval: pool_splits {list(args['pool_splits'])} must name train / val / test")
-    if args["block"] is not None and (args["mode"] != "pairs" or args["gallery"] != "one-per-study"):
-        raise ProtocolError("retrieval: block needs mode: pairs and gallery: one-per-study (1:1 pairs)")
-    ks = [int(k) for k in args["ks"]]
-    if args["mode"] == "pairs":
-        known = {f"{d}_{m}" for d in ("i2t", "t2i") for m in (*(f"r{k}" for k in ks), "median_rank")} | {"r_mean"}
-    else:
-        known = {f"{d}_{m}{k}" for d in ("i2t", "t2i") for m in ("hit", "prec") for k in ks}
-    unknown_metrics = [m for m in ctx.task.metrics if m not in known]
-    if unknown_metrics:
-        raise ProtocolError(f"retrieval: cannot compute metric(s) {unknown_metrics}; this mode gives {sorted(known)}")
-    return args
-
-
 def run(ctx: EvalContext) -> ProtocolResult:
     """Embed the test gallery and score retrieval in both directions (see the module docstring)."""
-    args = _args(ctx)
-    ks = [int(k) for k in args["ks"]]
+    args = ARGS.read(ctx)  # every argument checked, defaults filled in; the task's metrics are this mode's
+    ks = args["ks"]
     details: dict[str, Any] = {"mode": args["mode"], "similarity": "cosine", "ties": "pessimistic",
                                "text_sections": list(args["text_sections"])}
     ci: dict[str, tuple[float, float]] = {}
