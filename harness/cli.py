@@ -316,13 +316,30 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from harness.runner import RunError, RunRequest, execute, load_method
-    from harness.submit import capable_tasks, ensure_registered, submission_spec
+    """Check the submission (name, pretraining data, encoder, capabilities) before any job, then score it.
 
+    One failing run stops nothing: it is printed with its reason, gets a failure record
+    (``harness.failures``) and makes the exit code 1.
+    """
+    from harness import failures
+    from harness.runner import RunRequest, execute, load_method
+    from harness.submit import (
+        capable_tasks,
+        check_name,
+        ensure_registered,
+        refuse_earlier_submission,
+        register_plugins,
+        submission_spec,
+    )
+
+    check_name(args.name)
     spec = submission_spec(args.spec, args.arch, args.weights, args.pretraining_data)
+    register_plugins()  # installed plugins' names are taken, like the built-in methods'
     ensure_registered(args.name, spec)
-    caps = set(load_method(args.name).card.capabilities)  # builds and checks the encoder
+    method = load_method(args.name)  # builds and checks the encoder
+    caps = set(method.card.capabilities)
     tasks = capable_tasks(caps, args.tasks, args.tasks_dir)
+    refuse_earlier_submission(args.name, args.results, method)
     print(f"{args.name}: capabilities {sorted(caps)}; scoring on {[t.name for t in tasks]}")
     requests = [RunRequest(method=args.name, task=t.name, fraction=f, seed=s, profile=args.profile,
                            data_root=args.data_root, results_dir=args.results, save_predictions=args.save_predictions,
@@ -334,14 +351,21 @@ def cmd_submit(args: argparse.Namespace) -> int:
         outcomes = dispatch.dispatch_runs(requests, args)
         print(dispatch.describe(outcomes))
         return 0 if all(o.status == "done" for o in outcomes) else 1
-    failed = 0
+    failed = []
     for req in requests:
         try:
             out = execute(req)
-            _print_outcome(out.record, out.path)
-        except (RunError, ValueError, OSError) as exc:  # one task failing does not stop the others
-            failed += 1
-            print(f"FAILED {req.task} (fraction {req.fraction:g}, seed {req.seed}): {exc}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - one run failing, by a mistake or a bug, stops no other
+            failure = failures.Failure.from_exception(exc)
+            failed.append((req, failure, failures.write_failure(req, failure)))
+            print(f"FAILED {req.task} (fraction {req.fraction:g}, seed {req.seed}): {failure.reason}", file=sys.stderr)
+            continue
+        failures.clear_failure(req)
+        _print_outcome(out.record, out.path)
+    print(f"{args.name}: {len(requests) - len(failed)} run(s) done, {len(failed)} failed")
+    for req, failure, record in failed:
+        print(f"FAILED {req.task} (fraction {req.fraction:g}, seed {req.seed}): " + "\n    ".join(
+            [*failure.summary().splitlines(), *([f"failure record: {record}"] if record else [])]))
     return 1 if failed else 0
 
 
