@@ -133,12 +133,36 @@ def _existing(results_dir: str) -> dict[str, str]:
     return out
 
 
+def _data_sources(data_root: str | None) -> Any:
+    """``task -> "synthetic" | "real"``, resolving the data root once and only for a task that needs one.
+
+    As in ``runner.prepare``, a self-contained dataset (the unit-test ``mock``) needs no data root,
+    so a sweep of such tasks neither generates the default synthetic world nor checks ``--data-root``.
+
+    Raises (from the returned function):
+        DataError: the data root does not resolve (one line, exit 2 through the CLI: never a cell).
+    """
+    from harness.catalog import DATASETS
+    from harness.data.roots import resolve_data_root
+
+    resolved: list[str] = []
+
+    def source_of(task: Any) -> str:
+        if not any(getattr(DATASETS.get(d), "needs_data_root", True) for d in (task.dataset, task.eval_dataset) if d):
+            return "synthetic"
+        if not resolved:
+            resolved.append(resolve_data_root(data_root).data_source)
+        return resolved[0]
+
+    return source_of
+
+
 def plan_sweep(args: argparse.Namespace) -> Plan:
     """Expand the grid; mark skipped and unrunnable cells; group the rest by pretraining."""
     from harness import runner
-    from harness.data.roots import resolve_data_root
+    from harness.data.schema import DataError
 
-    data_source = resolve_data_root(args.data_root).data_source
+    source_of = _data_sources(args.data_root)
     existing = _existing(args.results) if args.skip_existing else {}
     plan = Plan()
     fractions = _list(args.fractions, float, "--fractions")
@@ -152,10 +176,13 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
             try:  # refusals that need no data: unknown names, bad profile, bad --set
                 task = runner.get_task(task_name, args.tasks_dir)
                 method = runner.load_method(method_name)
+                data_source = source_of(task)
                 profile = args.profile or ("small" if data_source == "synthetic" else "paper")
                 config = runner.method_config(method, profile, base.overrides)
                 base = dataclasses.replace(base, pretrain_on=runner.effective_pretrain_on(method, task,
                                                                                           base.pretrain_on))
+            except DataError:
+                raise  # the data root itself: every cell would fail the same way
             except (RunError, KeyError, ValueError) as exc:
                 failure = Failure.from_exception(exc)
                 plan.cells.append(Cell(base, status="failed", error=failure.summary(), failure=failure, stage="plan"))

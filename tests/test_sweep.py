@@ -92,3 +92,18 @@ def test_sweep_reports_the_failing_cell_completes_the_others_then_skips(tmp_path
     out = capsys.readouterr().out
     assert code == 0 and "0 done, 0 failed, 2 skipped" in out
     assert sorted(_result_records(tmp_path / "results")) == sorted(records)
+
+
+def test_the_data_root_is_resolved_only_for_tasks_that_need_one(tmp_path, capsys):
+    from harness.cli import main
+
+    missing = tmp_path / "no-such-root"
+    argv = ["sweep", "--methods", "random", "--profile", "smoke", "--fractions", "1", "--seeds", "0",
+            "--data-root", str(missing), "--results", str(tmp_path / "r"), "--logs", str(tmp_path / "logs")]
+    assert main([*argv, "--tasks", "mimic-cls"]) == 2  # a task on real layouts: the bad root is one error line
+    err = capsys.readouterr().err
+    assert err.strip() == f"harness: error: data root {missing} is not a folder (from --data-root or " \
+                          "$HARNESS_DATA_ROOT)"
+    assert not (tmp_path / "r").exists()
+    assert main(["-q", *argv, "--tasks", "mock"]) == 0  # the self-contained mock needs no root at all
+    assert "1 done, 0 failed, 0 skipped" in capsys.readouterr().out
