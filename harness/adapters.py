@@ -111,7 +111,11 @@ def _torch_load(path: Path, kind: str) -> Any:
         with warnings.catch_warnings():  # torch warns about pickle protocols: noise next to our one line
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except EOFError:
+    except (EOFError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "EOF" not in str(exc):  # torch words a cut file "unexpected EOF"
+            what = "pickle" if kind == "pickle" else "torch.save archive"
+            raise SubmissionError(f"weights file {path} is a damaged {what} ({one_line(exc)[:160]}); save it again"
+                                  ) from None
         raise _refuse(path, f"{'a truncated pickle' if kind == 'pickle' else 'truncated'} (cut off in a copy or "
                             "download?)") from None
     except pickle.UnpicklingError as exc:
@@ -120,11 +124,9 @@ def _torch_load(path: Path, kind: str) -> Any:
             "loading it would execute code"
         raise SubmissionError(f"{path}: refused: not a plain tensor file: {what}. Save the weights with safetensors "
                               "or torch.save(model.state_dict())") from None
-    except (RuntimeError, AttributeError, TypeError, ValueError) as exc:
-        detail = " ".join(str(exc).split())[:160]
-        raise SubmissionError(f"{path}: refused: not a plain tensor file, or a damaged one ({type(exc).__name__}: "
-                              f"{detail}). Save the weights with safetensors or torch.save(model.state_dict())"
-                              ) from None
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise SubmissionError(f"{path}: refused: not a plain tensor file ({one_line(exc)[:160]}). Save the weights "
+                              "with safetensors or torch.save(model.state_dict())") from None
 
 
 def _tensors_only(path: Path, state: Any) -> dict[str, Any]:

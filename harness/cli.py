@@ -132,12 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
         python -m harness submit my_pkg.encoders:build --name my-enc --fractions 0.1 1 --seeds 0
     """)
     p.add_argument("spec", nargs="?", default=None, help="package.module:factory returning the encoder")
-    p.add_argument("--name", required=True, help="the name it gets on the leaderboard")
+    p.add_argument("--name", required=True, help="the name it gets on the leaderboard: letters, digits, . _ + -; "
+                                                  "not a built-in method's, nor an earlier different submission's")
     p.add_argument("--arch", default=None, help="with --weights: resnet18 | resnet50 | vit_tiny | efficientnet_lite0 "
                                                 "| timm:NAME | torchvision:NAME")
     p.add_argument("--weights", default=None, help=".safetensors (or a plain torch state dict; pickles are refused)")
     p.add_argument("--pretraining-data", nargs="+", default=None, metavar="DATASET:SPLIT",
-                   help="with --weights: what the weights saw (e.g. mimic-cxr:train), for the leakage flag")
+                   help="with --weights: what the weights saw, for the leakage flag: a harness dataset or "
+                        "imagenet, imagenet-21k, laion, ... (harness.provenance), split train|val|test|all "
+                        "(e.g. mimic-cxr:train imagenet:train); default: unknown")
     p.add_argument("--tasks", nargs="+", default=None, help="default: every task it is capable of (not mock)")
     p.add_argument("--fractions", nargs="+", type=float, default=None, help="default: each task's own list")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: each task's own list")

@@ -43,7 +43,8 @@ FAILURES_DIR = "failed"
 _QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
 _TOKEN = re.compile(r"[A-Za-z0-9-]+")
 # the value after a word that says it is an identifier: "patient 123", "subject_id '10000032'", "study: s5"
-_NAMED_ID = re.compile(r"(?i)(\b(?:patient|subject|study|dicom|image)(?:[ _]?ids?)?\b[\s:=#]*)(['\"]?[\w.-]*\d[\w.-]*['\"]?)")
+_NAMED_ID = re.compile(r"(?i)(\b(?:patient|subject|study|dicom|image)(?:[ _]?ids?)?\b[\s:=#]*)"
+                       r"(['\"]?[\w.-]*\d[\w.-]*['\"]?)")
 _SAFE = re.compile(r"[^A-Za-z0-9.+_-]")
 
 

@@ -75,8 +75,9 @@ def check_value(value: str, where: str) -> str:
     if dataset == "{task}":
         raise SubmissionError(f"{where} {text!r}: '{{task}}' is for methods the harness pretrains; name the "
                               "DATASET:SPLIT the submitted weights saw")
-    if dataset not in known:
-        hint = did_you_mean(dataset.lower(), known) or f"; known: {sorted(known)}, or {UNKNOWN!r}"
+    if dataset not in known:  # a harness dataset first: those are the names the leakage flag compares
+        hint = (did_you_mean(dataset.lower(), _harness_datasets()) or did_you_mean(dataset.lower(), known)
+                or f"; known: {sorted(known)}, or {UNKNOWN!r}")
         raise SubmissionError(f"{where} {text!r}: unknown dataset {dataset!r}{hint}")
     if colon and split not in SPLITS:
         hint = did_you_mean(split.lower(), list(SPLITS)) or f"; choose from {list(SPLITS)}"

@@ -337,7 +337,7 @@ def submission_identity(submission: str) -> str:
     return submission
 
 
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*(?:_[A-Za-z0-9.+-]+)*")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _SUBMITTED: dict[str, str] = {}  # name -> submission spec of every submission registered in this process
 
 
@@ -348,7 +348,7 @@ def check_name(name: str) -> None:
         SubmissionError: characters that would break record file names (spaces, slashes,
             ``__``, the records' separator) or more than 80 characters.
     """
-    if not NAME_PATTERN.fullmatch(name) or len(name) > 80:
+    if not NAME_PATTERN.fullmatch(name) or "__" in name or len(name) > 80:
         raise SubmissionError(f"--name {name!r}: use letters, digits and . + - _ (no spaces, slashes or '__'; at "
                               "most 80 characters), starting with a letter or digit: it names record files")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -108,6 +109,53 @@ def test_failed_run_is_reported_and_the_others_complete(tmp_path):
     rec = json.loads(outcomes[1].record_path.read_text())
     assert rec["task"] == "mock" and rec["method"] == "random"
     assert "FAILED" in dispatch.describe(outcomes) and str(outcomes[1].record_path) in dispatch.describe(outcomes)
+
+
+def breaks_on_full_batches():
+    """A submission that passes the encoder check (batches of 4 and 2), then has a bug on a full batch."""
+    from examples.my_encoder import MyEncoder
+
+    class Breaks(MyEncoder):
+        def encode_image(self, images):
+            if len(images) > 4:
+                raise ZeroDivisionError("a bug in encode_image")
+            return super().encode_image(images)
+
+    return Breaks().eval()
+
+
+@needs_mock
+@pytest.mark.slow
+def test_local_jobs_report_why_they_failed(tmp_path):
+    """Workers in other processes: an expected mistake is one line without a traceback, a bug its type and message
+    with the traceback in the failure record; both from what the worker left, and the same from submitit's text."""
+    from harness import failures
+
+    good = RunRequest(method="random", task="mock", profile="smoke", results_dir=str(tmp_path / "r"), progress=False)
+    mistake = dataclasses.replace(good, overrides=["no_such_key=1"])
+    bug = dataclasses.replace(good, method="breaks-in-job", submission="tests.test_dispatch:breaks_on_full_batches")
+    args = _args("--executor", "local", "--logs", str(tmp_path / "logs"), "--array-parallelism", "2")
+    jobs = dispatch.run_jobs(dispatch.make_executor(args), [dispatch.RunJob(r) for r in (mistake, bug)], args,
+                             progress=False)
+    outcomes = [dispatch.outcome_of(j, r) for j, r in zip(jobs, (mistake, bug), strict=True)]
+    assert [o.status for o in outcomes] == ["failed", "failed"]
+    m, b = outcomes
+    assert m.failure.expected and m.failure.error_type == "RunError" and "no_such_key" in m.error
+    assert "\n" not in m.error and "Traceback" not in m.error
+    assert (b.failure.expected, b.failure.reason) == (False, "ZeroDivisionError: a bug in encode_image")
+    assert "raise ZeroDivisionError" in b.failure.traceback
+    for o in outcomes:
+        dispatch.record_outcome(o)
+    rec = json.loads(m.failure_record.read_text())
+    assert (rec["expected"], rec["job_id"], rec["log"]) == (True, m.job_id, str(m.stderr)) and "traceback" not in rec
+    assert json.loads(b.failure_record.read_text())["traceback"].startswith("Traceback (most recent call last):")
+    assert m.failure_record == failures.failure_path(tmp_path / "r", "random", "mock", 1.0, 0)
+    # a worker that left nothing (killed, unwritable folder): the parent reads submitit's error text instead
+    for job in jobs:
+        dispatch._failure_file(job.paths).unlink()
+    again = [dispatch.outcome_of(j, r) for j, r in zip(jobs, (mistake, bug), strict=True)]
+    assert [(o.failure.expected, o.failure.error_type, o.failure.reason) for o in again] == \
+        [(o.failure.expected, o.failure.error_type, o.failure.reason) for o in (m, b)]
 
 
 @needs_mock
