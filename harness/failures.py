@@ -3,7 +3,10 @@
 When one run of a ``submit``, a ``sweep`` or a dispatched ``run`` fails, the others go on,
 the summary prints the reason, and a small JSON failure record is written to::
 
-    <results>/failed/<task>/<method>__f<fraction>__s<seed>.json
+    <results>/failed/<task>/<method>__f<fraction>__s<seed>__<variant>.json
+
+(``variant``: a short hash of what else tells two runs of a cell apart: profile, ``--set``,
+``--pretrain-on``, data root and tasks folder.)
 
 ``harness.results.load_records`` skips ``<results>/failed/`` (``FAILURES_DIR``), so the
 leaderboard, ``regress``, ``compare`` and the sweep's skip-existing never take a failure
@@ -12,7 +15,8 @@ for a result. A later success of the same cell removes its failure record
 
 A record holds: ``status`` ("failed"), ``method``, ``task``, ``fraction``, ``seed`` (null
 for a cell refused before its fractions and seeds were expanded, e.g. an unknown method),
-``profile``, ``stage`` (``run``, ``pretrain`` or ``plan``), ``reason`` (one line),
+``profile``, ``overrides``, ``pretrain_on``, ``stage`` (``run``, ``pretrain`` or
+``plan``), ``reason`` (one line),
 ``error_type``, ``expected``, ``job_id`` and ``log`` (the job's stderr file, when there is
 one), ``failed_at`` and ``harness_version``; and ``traceback`` only when the error was not
 an expected mistake (``EXPECTED``: a bug, whose traceback is what a report needs).
@@ -152,12 +156,22 @@ def _part(value: Any) -> str:
     return _SAFE.sub("_", str(value)).lstrip(".") or "_"
 
 
-def failure_path(results_dir: str | Path, method: str, task: str, fraction: float | None,
-                 seed: int | None) -> Path:
-    """Where the failure record of one cell lives (``None`` fraction/seed: every one of the cell)."""
-    frac = "all" if fraction is None else f"{fraction:g}".replace(".", "p")
-    return Path(results_dir) / FAILURES_DIR / _part(task) / \
-        f"{_part(method)}__f{frac}__s{'all' if seed is None else seed}.json"
+def _variant(request: Any) -> str:
+    """What else makes a run of the same cell another run: profile, ``--set``, ``--pretrain-on``, data, tasks."""
+    from harness.config import config_hash
+
+    return config_hash({"profile": request.profile, "overrides": list(request.overrides or []),
+                        "pretrain_on": request.pretrain_on, "data_root": request.data_root,
+                        "tasks_dir": request.tasks_dir})[:8]
+
+
+def failure_path(request: Any, expanded: bool = True) -> Path:
+    """Where the failure record of ``request``'s cell lives (``expanded=False``: the record standing for every
+    fraction and seed of a (method, task) refused before they were expanded)."""
+    fraction = "all" if not expanded else f"{request.fraction:g}".replace(".", "p")
+    seed = "all" if not expanded else request.seed
+    return Path(request.results_dir) / FAILURES_DIR / _part(request.task) / \
+        f"{_part(request.method)}__f{fraction}__s{seed}__{_variant(request)}.json"
 
 
 def write_failure(request: Any, failure: Failure, *, stage: str = "run", job_id: str = "",
@@ -173,12 +187,11 @@ def write_failure(request: Any, failure: Failure, *, stage: str = "run", job_id:
     import harness
     from harness.results import ResultsError, _atomic_write
 
-    fraction = request.fraction if expanded else None
-    seed = request.seed if expanded else None
-    path = failure_path(request.results_dir, request.method, request.task, fraction, seed)
-    rec = {"status": "failed", "method": request.method, "task": request.task, "fraction": fraction, "seed": seed,
-           "profile": request.profile, "stage": stage,
-           "reason": redact(failure.reason), "error_type": failure.error_type,
+    path = failure_path(request, expanded)
+    rec = {"status": "failed", "method": request.method, "task": request.task,
+           "fraction": request.fraction if expanded else None, "seed": request.seed if expanded else None,
+           "profile": request.profile, "overrides": list(request.overrides or []), "pretrain_on": request.pretrain_on,
+           "stage": stage, "reason": redact(failure.reason), "error_type": failure.error_type,
            "expected": failure.expected, "job_id": str(job_id or ""), "log": str(log) if log else None,
            "failed_at": datetime.now(UTC).isoformat(timespec="seconds"), "harness_version": harness.__version__}
     if not failure.expected and failure.traceback:
@@ -195,10 +208,8 @@ def write_failure(request: Any, failure: Failure, *, stage: str = "run", job_id:
 def clear_failure(request: Any, expanded: bool = True) -> None:
     """Remove the failure record of ``request``'s cell, if any: it has just succeeded (``expanded=False``:
     the record of the whole (method, task), refused before expansion, which now plans)."""
-    path = failure_path(request.results_dir, request.method, request.task, request.fraction if expanded else None,
-                        request.seed if expanded else None)
     try:
-        path.unlink(missing_ok=True)
+        failure_path(request, expanded).unlink(missing_ok=True)
     except OSError:  # a read-only results directory: the stale record stays, nothing else breaks
         pass
 

@@ -221,7 +221,7 @@ def _finish(cell: Cell, outcome: dispatch.JobOutcome) -> None:
 def _pretraining_failed(cell: Cell, outcome: dispatch.JobOutcome) -> None:
     cell.status, cell.log, cell.stage, cell.job_id = "failed", str(outcome.stderr or ""), "pretrain", outcome.job_id
     cell.failure = dataclasses.replace(outcome.failure,
-                                       reason=f"its pretraining job {outcome.job_id} failed: {outcome.failure.reason}")
+                                       reason=f"its pretraining job failed: {outcome.failure.reason}")
     cell.error = cell.failure.summary()
 
 

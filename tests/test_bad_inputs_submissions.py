@@ -437,6 +437,17 @@ def test_valid_pretraining_data_values():
 # ------------------------------------------------------------------------------------------ failing jobs
 
 
+def _failure_file(results: Path, method: str, task: str, seed: int) -> Path:
+    """The one failure record of (method, task, seed) under ``results``."""
+    found = []
+    for path in (results / failures.FAILURES_DIR).rglob("*.json"):
+        rec = json.loads(path.read_text())
+        if (rec["method"], rec["task"], rec["seed"]) == (method, task, seed):
+            found.append(path)
+    [path] = found
+    return path
+
+
 def _split_overlap(world: Path, tmp: Path) -> tuple[Path, str]:
     """An NIH-14 root whose official train and test lists share an image (a DataError naming it)."""
     root = copy_of(world, tmp, "nih14")
@@ -459,7 +470,7 @@ def test_submit_records_the_failing_run_and_scores_the_others(corpus_world, tmp_
     reason = f"{root / 'nih14' / 'test_list.txt'}: {image} is also in train_val_list.txt: the official split is " \
              "not disjoint"
     assert f"FAILED nih14-cls (fraction 1, seed 0): {reason}" in out.err  # the user sees the whole message
-    record = failures.failure_path(results, "one-fails", "nih14-cls", 1.0, 0)
+    record = _failure_file(results, "one-fails", "nih14-cls", 0)
     assert f"FAILED nih14-cls (fraction 1, seed 0): {reason}\n    failure record: {record}" in out.out
     failure = json.loads(record.read_text())
     assert {k: failure[k] for k in ("status", "method", "task", "fraction", "seed", "stage", "error_type",
@@ -505,7 +516,7 @@ def test_an_unexpected_error_in_one_submitted_run_stops_no_other(tmp_path, capsy
     assert "flaky-once: 1 run(s) done, 1 failed" in out.out and "flaky-once on mock (fraction 1, seed 1)" in out.out
     assert "FAILED mock (fraction 1, seed 0): ZeroDivisionError: flaky kernel\n    (an unexpected error, probably a " \
            "bug: its traceback is in the log and the failure record)" in out.out
-    record = failures.failure_path(results, "flaky-once", "mock", 1.0, 0)
+    record = _failure_file(results, "flaky-once", "mock", 0)
     failure = json.loads(record.read_text())
     assert (failure["error_type"], failure["expected"], failure["reason"]) == \
         ("ZeroDivisionError", False, "ZeroDivisionError: flaky kernel")
@@ -532,16 +543,33 @@ class _LoadBug:
         return {"not": "an encoder"}["encoder"]
 
 
+class _PretrainBug(_LoadBug):
+    """A registered method whose pretraining dies (its evaluations then never run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.card = MethodCard(name="test-pretrain-bug", paper="harness tests", preprocess=self.card.preprocess,
+                               pretraining_data=("{task}",))
+
+    def pretrain(self, request):
+        raise FloatingPointError("loss diverged at step 3")
+
+
 def test_sweep_records_an_unexpected_failure_and_completes_the_others(corpus_world, tmp_path, capsys):
-    if "test-load-bug" not in METHODS:
-        METHODS.add("test-load-bug", _LoadBug)
+    for name, method in (("test-load-bug", _LoadBug), ("test-pretrain-bug", _PretrainBug)):
+        if name not in METHODS:
+            METHODS.add(name, method)
     results = tmp_path / "r"
-    code = main(["-q", "sweep", "--methods", "random", "test-load-bug", "--tasks", "mock", "--profile", "smoke",
-                 "--fractions", "1", "--seeds", "0", "--data-root", str(corpus_world), "--results", str(results),
-                 "--logs", str(tmp_path / "logs")])
+    code = main(["-q", "sweep", "--methods", "random", "test-load-bug", "test-pretrain-bug", "--tasks", "mock",
+                 "--profile", "smoke", "--fractions", "1", "--seeds", "0", "--data-root", str(corpus_world),
+                 "--results", str(results), "--logs", str(tmp_path / "logs")])
     out = capsys.readouterr().out
-    assert code == 1 and "1 done, 1 failed, 0 skipped" in out
-    record = failures.failure_path(results, "test-load-bug", "mock", 1.0, 0)
+    assert code == 1 and "1 done, 2 failed, 0 skipped" in out
+    pre = json.loads(_failure_file(results, "test-pretrain-bug", "mock", 0).read_text())
+    assert (pre["stage"], pre["error_type"], pre["expected"]) == ("pretrain", "FloatingPointError", False)
+    assert pre["reason"] == "its pretraining job failed: FloatingPointError: loss diverged at step 3" and pre["job_id"]
+    assert "raise FloatingPointError" in pre["traceback"]
+    record = _failure_file(results, "test-load-bug", "mock", 0)
     assert "FAILED test-load-bug x mock f=1 s=0" in out and "    KeyError: encoder\n    (an unexpected error" in out
     assert f"    failure record: {record}" in out
     failure = json.loads(record.read_text())

@@ -109,6 +109,14 @@ def test_failed_run_is_reported_and_the_others_complete(tmp_path):
     rec = json.loads(outcomes[1].record_path.read_text())
     assert rec["task"] == "mock" and rec["method"] == "random"
     assert "FAILED" in dispatch.describe(outcomes) and str(outcomes[1].record_path) in dispatch.describe(outcomes)
+    # the failed run has its failure record (harness.failures), named in the summary; the leaderboard ignores it
+    failure = json.loads(outcomes[0].failure_record.read_text())
+    assert (failure["expected"], failure["error_type"], failure["stage"]) == (True, "RunError", "run")
+    assert "no_such_key" in failure["reason"] and "traceback" not in failure
+    assert f"    failure record: {outcomes[0].failure_record}" in dispatch.describe(outcomes).splitlines()
+    from harness.results import load_records
+
+    assert load_records(tmp_path / "r") == ([rec], [])
 
 
 def breaks_on_full_batches():
@@ -149,7 +157,8 @@ def test_local_jobs_report_why_they_failed(tmp_path):
     rec = json.loads(m.failure_record.read_text())
     assert (rec["expected"], rec["job_id"], rec["log"]) == (True, m.job_id, str(m.stderr)) and "traceback" not in rec
     assert json.loads(b.failure_record.read_text())["traceback"].startswith("Traceback (most recent call last):")
-    assert m.failure_record == failures.failure_path(tmp_path / "r", "random", "mock", 1.0, 0)
+    assert m.failure_record == failures.failure_path(mistake) and m.failure_record.parent == tmp_path / "r" / \
+        "failed" / "mock" and m.failure_record.name.startswith("random__f1__s0__")
     # a worker that left nothing (killed, unwritable folder): the parent reads submitit's error text instead
     for job in jobs:
         dispatch._failure_file(job.paths).unlink()
