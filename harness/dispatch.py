@@ -18,6 +18,13 @@ state lives on disk: pretraining resumes from ``checkpoint.pt`` in its pretraini
 workdir (``harness.runner.pretrained_checkpoint``), and a finished pretraining is a
 cache hit.
 
+Failures: a failed job's ``JobOutcome`` carries a ``harness.failures.Failure`` (the one-line
+reason of an expected mistake; an unexpected error's type, message and traceback), taken from
+the exception in debug jobs, from what the worker left next to its logs in other processes
+(submitit returns only traceback text), else from that text; ``dispatch_runs`` writes a
+failure record for it (``harness.failures``). A request whose method lacks a capability its
+task requires is refused before any job.
+
 Several tasks per node (``--tasks-per-node N``) run pretraining under torch.distributed:
 each task exports the torchrun variables (``TorchDistributedEnvironment().export()``),
 joins one process group (gloo on CPU, nccl on CUDA) and pretrains its shard; rank 0
@@ -300,8 +307,9 @@ class RunJob(submitit.helpers.Checkpointable):
 # ---------------------------------------------------------------------------------------------- outcomes
 
 def _failure_file(paths: Any) -> Path:
-    """Where a job's worker leaves the description of its failure (next to its logs)."""
-    return Path(paths.folder) / f"{paths.job_id}_{paths.task_id}_failure.json"
+    """Where a job's worker leaves the description of its failure (next to its logs; not ``*.json``, since the
+    logs default to ``<results>/logs`` and ``harness.results.load_records`` reads every ``*.json`` there)."""
+    return Path(paths.folder) / f"{paths.job_id}_{paths.task_id}_failure.jsonl"
 
 
 def _leave_failure(exc: BaseException) -> None:
@@ -354,6 +362,7 @@ def capability_refusal(method: Any, task: Any) -> str:
     missing = [c for c in task.requires if c not in method.card.capabilities]
     return f"method {method.card.name!r} lacks capability {missing} required by task {task.name!r}" if missing \
         else ""
+
 
 @dataclass
 class JobOutcome:
@@ -529,7 +538,12 @@ def dispatch_runs(requests: Sequence[RunRequest], args: argparse.Namespace) -> l
     """Run each request as a submitit job (an array for several) and wait for all of them.
 
     A failing run does not stop the others. Returns one ``JobOutcome`` per request, in order:
-    status, record path, log paths and, when failed, the last lines of the error.
+    status, record path, log paths and, when failed, its ``harness.failures.Failure``, the reason
+    (``error``) and the failure record written for it (``record_outcome``).
+
+    Raises:
+        RunError: a request whose method lacks a capability its task requires (``refuse_incapable``):
+            nothing is submitted.
     """
     refuse_incapable(requests)
     progress = any(r.progress for r in requests)

@@ -142,7 +142,8 @@ def test_local_jobs_report_why_they_failed(tmp_path):
     good = RunRequest(method="random", task="mock", profile="smoke", results_dir=str(tmp_path / "r"), progress=False)
     mistake = dataclasses.replace(good, overrides=["no_such_key=1"])
     bug = dataclasses.replace(good, method="breaks-in-job", submission="tests.test_dispatch:breaks_on_full_batches")
-    args = _args("--executor", "local", "--logs", str(tmp_path / "logs"), "--array-parallelism", "2")
+    args = _args("--executor", "local", "--array-parallelism", "2")
+    args.results = good.results_dir  # the logs in their default place, <results>/logs
     jobs = dispatch.run_jobs(dispatch.make_executor(args), [dispatch.RunJob(r) for r in (mistake, bug)], args,
                              progress=False)
     outcomes = [dispatch.outcome_of(j, r) for j, r in zip(jobs, (mistake, bug), strict=True)]
@@ -157,6 +158,9 @@ def test_local_jobs_report_why_they_failed(tmp_path):
     rec = json.loads(m.failure_record.read_text())
     assert (rec["expected"], rec["job_id"], rec["log"]) == (True, m.job_id, str(m.stderr)) and "traceback" not in rec
     assert json.loads(b.failure_record.read_text())["traceback"].startswith("Traceback (most recent call last):")
+    from harness.results import load_records
+
+    assert load_records(tmp_path / "r") == ([], [])  # neither the logs nor the failure records are results
     assert m.failure_record == failures.failure_path(mistake) and m.failure_record.parent == tmp_path / "r" / \
         "failed" / "mock" and m.failure_record.name.startswith("random__f1__s0__")
     # a worker that left nothing (killed, unwritable folder): the parent reads submitit's error text instead
