@@ -368,7 +368,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     print(f"{args.name}: {len(requests) - len(failed)} run(s) done, {len(failed)} failed")
     for req, failure, record in failed:
         print(f"FAILED {req.task} (fraction {req.fraction:g}, seed {req.seed}): " + "\n    ".join(
-            [*failure.summary().splitlines(), *([f"failure record: {record}"] if record else [])]))
+            [*failure.summary("the failure record").splitlines(), *([f"failure record: {record}"] if record else [])]))
+        if record is None and failure.traceback:  # a bug whose record could not be written: keep its traceback
+            print(failure.traceback, file=sys.stderr, end="")
     return 1 if failed else 0
 
 

@@ -128,12 +128,11 @@ class Failure:
             return cls(one_line(message), name, True)
         return cls(one_line(f"{name}: {message}"), name, False, "\n".join(trace).strip() + "\n")
 
-    def summary(self) -> str:
+    def summary(self, traceback_in: str = "the log and the failure record") -> str:
         """The text for a run summary: the reason; for an unexpected error, where its traceback is."""
         if self.expected:
             return self.reason
-        return f"{self.reason}\n(an unexpected error, probably a bug: its traceback is in the log and the failure " \
-               "record)"
+        return f"{self.reason}\n(an unexpected error, probably a bug: its traceback is in {traceback_in})"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -515,7 +515,8 @@ def test_an_unexpected_error_in_one_submitted_run_stops_no_other(tmp_path, capsy
     out = capsys.readouterr()
     assert "flaky-once: 1 run(s) done, 1 failed" in out.out and "flaky-once on mock (fraction 1, seed 1)" in out.out
     assert "FAILED mock (fraction 1, seed 0): ZeroDivisionError: flaky kernel\n    (an unexpected error, probably a " \
-           "bug: its traceback is in the log and the failure record)" in out.out
+           "bug: its traceback is in the failure record)\n    failure record: " in out.out
+    assert "Traceback" not in out.err
     record = _failure_file(results, "flaky-once", "mock", 0)
     failure = json.loads(record.read_text())
     assert (failure["error_type"], failure["expected"], failure["reason"]) == \
