@@ -121,6 +121,8 @@ def test_failed_run_is_reported_and_the_others_complete(tmp_path):
 
 def breaks_on_full_batches():
     """A submission that passes the encoder check (batches of 4 and 2), then has a bug on a full batch."""
+    import torch
+
     from examples.my_encoder import MyEncoder
 
     class Breaks(MyEncoder):
@@ -129,7 +131,10 @@ def breaks_on_full_batches():
                 raise ZeroDivisionError("a bug in encode_image")
             return super().encode_image(images)
 
-    return Breaks().eval()
+    enc = Breaks().eval()
+    with torch.no_grad():  # weights of its own: features cached for MyEncoder's weights would skip encode_image
+        enc.net[0].bias.add_(0.25)
+    return enc
 
 
 @needs_mock
