@@ -175,11 +175,19 @@ def failure_path(request: Any, expanded: bool = True) -> Path:
 
 def write_failure(request: Any, failure: Failure, *, stage: str = "run", job_id: str = "",
                   log: str | Path | None = None, expanded: bool = True) -> Path | None:
-    """Write the failure record of ``request`` (a ``RunRequest``) atomically; returns its path.
+    """Write the failure record of ``request`` atomically (see the module docstring for its fields).
 
-    ``expanded=False`` for a cell refused before its fractions and seeds were known (they are
-    stored as null). Returns None, after a warning, when the results directory cannot be
-    written: the summary still says why the run failed.
+    Args:
+        request: the ``harness.runner.RunRequest`` that failed (its ``results_dir`` holds the record).
+        failure: why; its reason and traceback are redacted (``redact``) before writing.
+        stage: ``run``, ``pretrain`` (its pretraining job failed) or ``plan`` (refused while planning).
+        job_id: the submitit job, when there was one.
+        log: the job's stderr file, when there is one.
+        expanded: False for a cell refused before its fractions and seeds were known (stored as null).
+
+    Returns:
+        The record's path, or None (after a warning) when the results directory cannot be written:
+        the summary still says why the run failed.
     """
     import logging
 

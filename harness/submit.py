@@ -414,6 +414,11 @@ def refuse_earlier_submission(name: str, results_dir: str | Path, method: Submis
     Different: another weights hash, or another submission config (``SubmissionMethod``:
     image size, what was submitted). The same encoder again is fine (idempotent reruns).
 
+    Args:
+        name: the ``--name`` of this submission.
+        results_dir: the ``--results`` directory its records will go to.
+        method: this submission, built and checked.
+
     Raises:
         SubmissionError: naming a clashing record and what differs.
     """
