@@ -139,12 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
         python -m harness submit my_pkg.encoders:build --name my-enc --fractions 0.1 1 --seeds 0
     """)
     p.add_argument("spec", nargs="?", default=None, help="package.module:factory returning the encoder")
-    p.add_argument("--name", required=True, help="the name it gets on the leaderboard")
+    p.add_argument("--name", required=True, help="the name it gets on the leaderboard: letters, digits, . _ + -; "
+                                                  "not a built-in method's, nor an earlier different submission's")
     p.add_argument("--arch", default=None, help="with --weights: resnet18 | resnet50 | vit_tiny | efficientnet_lite0 "
                                                 "| timm:NAME | torchvision:NAME")
     p.add_argument("--weights", default=None, help=".safetensors (or a plain torch state dict; pickles are refused)")
     p.add_argument("--pretraining-data", nargs="+", default=None, metavar="DATASET:SPLIT",
-                   help="with --weights: what the weights saw (e.g. mimic-cxr:train), for the leakage flag")
+                   help="with --weights: what the weights saw, for the leakage flag: a harness dataset or "
+                        "imagenet, imagenet-21k, laion, ... (harness.provenance), split train|val|test|all "
+                        "(e.g. mimic-cxr:train imagenet:train); default: unknown")
     p.add_argument("--tasks", nargs="+", default=None, help="default: every task it is capable of (not mock)")
     p.add_argument("--fractions", nargs="+", type=float, default=None, help="default: each task's own list")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: each task's own list")
@@ -329,13 +332,30 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from harness.runner import RunError, RunRequest, execute, load_method
-    from harness.submit import capable_tasks, ensure_registered, submission_spec
+    """Check the submission (name, pretraining data, encoder, capabilities) before any job, then score it.
 
+    One failing run stops nothing: it is printed with its reason, gets a failure record
+    (``harness.failures``) and makes the exit code 1.
+    """
+    from harness import failures
+    from harness.runner import RunRequest, execute, load_method
+    from harness.submit import (
+        capable_tasks,
+        check_name,
+        ensure_registered,
+        refuse_earlier_submission,
+        register_plugins,
+        submission_spec,
+    )
+
+    check_name(args.name)
     spec = submission_spec(args.spec, args.arch, args.weights, args.pretraining_data)
+    register_plugins()  # installed plugins' names are taken, like the built-in methods'
     ensure_registered(args.name, spec)
-    caps = set(load_method(args.name).card.capabilities)  # builds and checks the encoder
+    method = load_method(args.name)  # builds and checks the encoder
+    caps = set(method.card.capabilities)
     tasks = capable_tasks(caps, args.tasks, args.tasks_dir)
+    refuse_earlier_submission(args.name, args.results, method)
     print(f"{args.name}: capabilities {sorted(caps)}; scoring on {[t.name for t in tasks]}")
     requests = [RunRequest(method=args.name, task=t.name, fraction=f, seed=s, profile=args.profile,
                            data_root=args.data_root, results_dir=args.results, save_predictions=args.save_predictions,
@@ -347,14 +367,23 @@ def cmd_submit(args: argparse.Namespace) -> int:
         outcomes = dispatch.dispatch_runs(requests, args)
         print(dispatch.describe(outcomes))
         return 0 if all(o.status == "done" for o in outcomes) else 1
-    failed = 0
+    failed = []
     for req in requests:
         try:
             out = execute(req)
-            _print_outcome(out.record, out.path)
-        except (RunError, ValueError, OSError) as exc:  # one task failing does not stop the others
-            failed += 1
-            print(f"FAILED {req.task} (fraction {req.fraction:g}, seed {req.seed}): {exc}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - one run failing, by a mistake or a bug, stops no other
+            failure = failures.Failure.from_exception(exc)
+            failed.append((req, failure, failures.write_failure(req, failure)))
+            print(f"FAILED {req.task} (fraction {req.fraction:g}, seed {req.seed}): {failure.reason}", file=sys.stderr)
+            continue
+        failures.clear_failure(req)
+        _print_outcome(out.record, out.path)
+    print(f"{args.name}: {len(requests) - len(failed)} run(s) done, {len(failed)} failed")
+    for req, failure, record in failed:
+        print(f"FAILED {req.task} (fraction {req.fraction:g}, seed {req.seed}): " + "\n    ".join(
+            [*failure.summary("the failure record").splitlines(), *([f"failure record: {record}"] if record else [])]))
+        if record is None and failure.traceback:  # a bug whose record could not be written: keep its traceback
+            print(failure.traceback, file=sys.stderr, end="")
     return 1 if failed else 0
 
 
@@ -375,24 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
-    from harness.data.schema import DataError
-    from harness.registry import UnknownNameError
-    from harness.regress import RegressError
-    from harness.submit import SubmissionError
-    from harness.tasks import TaskSpecError
+    from harness.failures import expected_types
 
-    expected: tuple[type[BaseException], ...] = (UnknownNameError, TaskSpecError, DataError, OSError, RegressError,
-                                                   SubmissionError)
-    from harness.protocols.base import ProtocolError
-    from harness.runner import RunError
-
-    expected += (RunError, ProtocolError)
-    try:
-        from harness.dispatch import DispatchError
-
-        expected += (DispatchError,)
-    except ModuleNotFoundError:  # pragma: no cover - dispatch lands separately
-        pass
+    expected = expected_types()  # one list of expected mistakes: these print one line and exit 2
     handlers = {"run": cmd_run, "ls": cmd_ls, "validate": cmd_validate, "leaderboard": cmd_leaderboard,
                 "compare": cmd_compare,
                 "data": cmd_data, "regress": cmd_regress, "submit": cmd_submit}

@@ -18,6 +18,13 @@ state lives on disk: pretraining resumes from ``checkpoint.pt`` in its pretraini
 workdir (``harness.runner.pretrained_checkpoint``), and a finished pretraining is a
 cache hit.
 
+Failures: a failed job's ``JobOutcome`` carries a ``harness.failures.Failure`` (the one-line
+reason of an expected mistake; an unexpected error's type, message and traceback), taken from
+the exception in debug jobs, from what the worker left next to its logs in other processes
+(submitit returns only traceback text), else from that text; ``dispatch_runs`` writes a
+failure record for it (``harness.failures``). A request whose method lacks a capability its
+task requires is refused before any job.
+
 Several tasks per node (``--tasks-per-node N``) run pretraining under torch.distributed:
 each task exports the torchrun variables (``TorchDistributedEnvironment().export()``),
 joins one process group (gloo on CPU, nccl on CUDA) and pretrains its shard; rank 0
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -251,6 +259,13 @@ class RunJob(submitit.helpers.Checkpointable):
         self.requeues = 0
 
     def __call__(self) -> RunOutcome | Path | None:
+        try:
+            return self._run()
+        except Exception as exc:
+            _leave_failure(exc)  # for the parent process: the exception itself does not travel back
+            raise
+
+    def _run(self) -> RunOutcome | Path | None:
         from harness import runner
 
         distributed = _join_process_group(self.request.device)
@@ -291,6 +306,64 @@ class RunJob(submitit.helpers.Checkpointable):
 
 # ---------------------------------------------------------------------------------------------- outcomes
 
+def _failure_file(paths: Any) -> Path:
+    """Where a job's worker leaves the description of its failure (next to its logs; not ``*.json``, since the
+    logs default to ``<results>/logs`` and ``harness.results.load_records`` reads every ``*.json`` there)."""
+    return Path(paths.folder) / f"{paths.job_id}_{paths.task_id}_failure.jsonl"
+
+
+def _leave_failure(exc: BaseException) -> None:
+    """Inside a submitit job: write ``Failure.from_exception(exc)`` for the parent to read.
+
+    submitit hands the parent only the worker's traceback text; the failure written here says
+    exactly whether the error was an expected mistake and what its one-line reason is.
+    Outside a job (or where the folder cannot be written) nothing is left; the parent then
+    reads the traceback text (``Failure.from_job_text``).
+    """
+    from harness.failures import Failure
+
+    try:
+        path = _failure_file(submitit.JobEnvironment().paths)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(Failure.from_exception(exc).to_dict()))
+        os.replace(tmp, path)
+    except Exception:  # noqa: BLE001 - not in a job, or no writable folder: the traceback text remains
+        return
+
+
+def job_failure(job: submitit.Job, exc: BaseException) -> Any:
+    """The ``harness.failures.Failure`` of a failed job: from the exception itself (debug jobs ran
+    here), else from what its worker left, else from submitit's error text."""
+    from harness.failures import Failure
+
+    if _is_debug(job) and not isinstance(exc, submitit.core.utils.FailedJobError | submitit.core.utils
+                                         .UncompletedJobError):
+        return Failure.from_exception(exc)
+    try:
+        left = _failure_file(job.paths)
+        if left.is_file() and left.stat().st_mtime >= _submitted_at(job):
+            return Failure.from_dict(json.loads(left.read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    return Failure.from_job_text(str(exc) or _stderr_tail(job.paths.stderr))
+
+
+def _submitted_at(job: submitit.Job) -> float:
+    """When ``job`` was submitted (its submission pickle), so a failure left by an older job of the same id
+    is not taken for this one's."""
+    try:
+        return job.paths.submitted_pickle.stat().st_mtime - 1
+    except OSError:
+        return 0.0
+
+
+def capability_refusal(method: Any, task: Any) -> str:
+    """Why ``method`` cannot run ``task`` (the capabilities it lacks), or '' when it can."""
+    missing = [c for c in task.requires if c not in method.card.capabilities]
+    return f"method {method.card.name!r} lacks capability {missing} required by task {task.name!r}" if missing \
+        else ""
+
+
 @dataclass
 class JobOutcome:
     """What became of one submitted request."""
@@ -300,9 +373,11 @@ class JobOutcome:
     record_path: Path | None = None  # the result record (runs) or checkpoint (pretraining), when done
     stdout: Path | None = None
     stderr: Path | None = None
-    error: str = ""  # the last lines of the error, when failed
+    error: str = ""  # when failed: the reason (one line for an expected mistake; harness.failures)
     job_id: str = ""
     stage: str = "run"
+    failure: Any = None  # harness.failures.Failure, when failed
+    failure_record: Path | None = None  # its JSON record under the results directory, once written
 
 
 def _tail(text: str, n: int = ERROR_LINES) -> str:
@@ -348,11 +423,8 @@ def outcome_of(job: submitit.Job, request: RunRequest, stage: str = "run") -> Jo
                      job_id=str(job.job_id), stage=stage)
     exc = job_error(job)
     if exc is not None:
-        if isinstance(exc, submitit.core.utils.FailedJobError | submitit.core.utils.UncompletedJobError):
-            text = str(exc)  # carries the worker's traceback
-        else:
-            text = "".join(traceback.format_exception_only(type(exc), exc))
-        out.error = _tail(text) or _stderr_tail(job.paths.stderr)
+        out.failure = job_failure(job, exc)
+        out.error = out.failure.summary()
         return out
     value = job.results()[0]
     out.status = "done"
@@ -466,14 +538,58 @@ def dispatch_runs(requests: Sequence[RunRequest], args: argparse.Namespace) -> l
     """Run each request as a submitit job (an array for several) and wait for all of them.
 
     A failing run does not stop the others. Returns one ``JobOutcome`` per request, in order:
-    status, record path, log paths and, when failed, the last lines of the error.
+    status, record path, log paths and, when failed, its ``harness.failures.Failure``, the reason
+    (``error``) and the failure record written for it (``record_outcome``).
+
+    Raises:
+        RunError: a request whose method lacks a capability its task requires (``refuse_incapable``):
+            nothing is submitted.
     """
+    refuse_incapable(requests)
     progress = any(r.progress for r in requests)
     # progress bars belong on this terminal, not in the jobs' log files
     quiet = [r if args.executor == "debug" else dataclasses.replace(r, progress=False) for r in requests]
     executor = make_executor(args)
     jobs = run_jobs(executor, [RunJob(r) for r in quiet], args, desc="runs", progress=progress)
-    return [outcome_of(job, req) for job, req in zip(jobs, requests, strict=True)]
+    outcomes = [outcome_of(job, req) for job, req in zip(jobs, requests, strict=True)]
+    for o in outcomes:
+        record_outcome(o)
+    return outcomes
+
+
+def refuse_incapable(requests: Sequence[RunRequest]) -> None:
+    """Refuse, before any job, requests whose method lacks a capability their task requires.
+
+    Raises:
+        RunError: one line naming each (method, task) and what is missing (also an unknown
+            name's error, or a submission that cannot be registered, as ``harness run`` would).
+    """
+    from harness import runner
+
+    problems = []
+    for method_name, task_name, tasks_dir, submission in dict.fromkeys(
+            (r.method, r.task, r.tasks_dir, r.submission) for r in requests):
+        task = runner.get_task(task_name, tasks_dir)
+        if submission:
+            from harness.submit import ensure_registered
+
+            ensure_registered(method_name, submission)
+        why = capability_refusal(runner.load_method(method_name), task)
+        if why:
+            problems.append(why)
+    if problems:
+        raise runner.RunError("; ".join(problems) + " (nothing was submitted)")
+
+
+def record_outcome(outcome: JobOutcome) -> None:
+    """A failed outcome gets its failure record (``harness.failures``), a done one loses a stale one."""
+    from harness import failures
+
+    if outcome.status == "done":
+        failures.clear_failure(outcome.request)
+        return
+    outcome.failure_record = failures.write_failure(outcome.request, outcome.failure, stage=outcome.stage,
+                                                    job_id=outcome.job_id, log=outcome.stderr)
 
 
 def _skipped(record_path: Path | None, key: str = "skipped") -> dict[str, int]:
@@ -501,4 +617,6 @@ def describe(outcomes: Sequence[JobOutcome]) -> str:
         else:
             lines.append(f"FAILED  {what}, job {o.job_id} (log: {o.stderr})")
             lines.extend("    " + line for line in o.error.splitlines())
+            if o.failure_record:
+                lines.append(f"    failure record: {o.failure_record}")
     return "\n".join(lines)

@@ -137,13 +137,17 @@ def write_record(results_dir: str | Path, rec: dict[str, Any], predictions: dict
 
 
 def load_records(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """All records under ``results_dir`` and a list of files that could not be read (with why)."""
+    """All records under ``results_dir`` and a list of files that could not be read (with why).
+
+    ``<results_dir>/failed/`` (failure records, ``harness.failures``) is not searched.
+    """
     records, problems = [], []
     root = Path(results_dir)
     if not root.exists():
         return records, problems
     for path in sorted(root.rglob("*.json")):
-        if path.name.startswith("."):
+        # failure records (harness.failures) live in <results>/failed/: never results
+        if path.name.startswith(".") or path.relative_to(root).parts[0] == "failed":
             continue
         try:
             rec = json.loads(path.read_text(encoding="utf-8"))

@@ -14,6 +14,15 @@ start when the pretraining stage has finished. When a pretraining job fails its
 evaluations are cancelled and reported failed with its log; any other failure stops
 nothing else.
 
+Failures: every failed cell is printed in the summary with its reason (one line for an
+expected mistake; an unexpected error's type and message, its traceback in the log) and
+gets a JSON failure record under ``<results>/failed/`` (``harness.failures``), which the
+leaderboard and ``regress`` never read; the exit code is 1. Cells refused while planning
+(an unknown method or task, a bad ``--set``) are failed cells too, standing for all their
+fractions and seeds. A method that lacks a capability a task requires is different: the
+combination can never run, so the whole sweep is refused before any job (one line, exit 2),
+as ``harness run`` and ``harness submit`` refuse it.
+
 Skipping (``--skip-existing``, the default): a run's record path needs the encoder's
 weights hash, known only after loading, so a cell is skipped when the results directory
 already holds a record with the same method, task, task version, fraction, seed, profile,
@@ -33,8 +42,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness import dispatch
+from harness import dispatch, failures
 from harness.config import config_hash
+from harness.failures import Failure
 from harness.runner import RunError, RunRequest, add_pretrain_on_argument
 from harness.tasks import TaskSpecError
 
@@ -79,8 +89,12 @@ class Cell:
     status: str = "pending"  # pending | done | failed | skipped
     detail: str = ""  # record path, or the existing record that made it skip
     log: str = ""
-    error: str = ""
+    error: str = ""  # when failed: the reason (harness.failures.Failure.summary)
     group: str = ""  # pretraining group key
+    failure: Any = None  # harness.failures.Failure, when failed
+    stage: str = "run"  # where it failed: plan (refused before expansion), pretrain or run
+    failure_record: Any = None  # its JSON record under the results directory (Path), once written
+    job_id: str = ""
 
 
 @dataclass
@@ -151,17 +165,42 @@ def _data_fingerprint(task: Any, data_root: str | None) -> str | None:
                              "world": world})
 
 
+def _data_sources(data_root: str | None) -> Any:
+    """``task -> "synthetic" | "real"``, resolving the data root once and only for a task that needs one.
+
+    As in ``runner.prepare``, a self-contained dataset (the unit-test ``mock``) needs no data root,
+    so a sweep of such tasks neither generates the default synthetic world nor checks ``--data-root``.
+
+    Raises (from the returned function):
+        DataError: the data root does not resolve (one line, exit 2 through the CLI: never a cell).
+    """
+    from harness.catalog import DATASETS
+    from harness.data.roots import resolve_data_root
+
+    resolved: list[str] = []
+
+    def source_of(task: Any) -> str:
+        if not any(getattr(DATASETS.get(d), "needs_data_root", True) for d in (task.dataset, task.eval_dataset) if d):
+            return "synthetic"
+        if not resolved:
+            resolved.append(resolve_data_root(data_root).data_source)
+        return resolved[0]
+
+    return source_of
+
+
 def plan_sweep(args: argparse.Namespace) -> Plan:
     """Expand the grid; mark skipped and unrunnable cells; group the rest by pretraining."""
     from harness import runner
-    from harness.data.roots import resolve_data_root
+    from harness.data.schema import DataError
 
-    data_source = resolve_data_root(args.data_root).data_source
+    source_of = _data_sources(args.data_root)
     existing = _existing(args.results) if args.skip_existing else {}
     plan = Plan()
     fractions = _list(args.fractions, float, "--fractions")
     seeds = _list(args.seeds, int, "--seeds")
     data_now: dict[str, str | None] = {}  # task -> its data fingerprint, read only when a record could match
+    incapable = []
     for method_name in _list(args.methods, str, "--methods"):
         for task_name in _list(args.tasks, str, "--tasks"):
             base = RunRequest(method=method_name, task=task_name, profile=args.profile, data_root=args.data_root,
@@ -170,16 +209,24 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
             try:  # refusals that need no data: unknown names, bad profile, bad --set
                 task = runner.get_task(task_name, args.tasks_dir)
                 method = runner.load_method(method_name)
+                data_source = source_of(task)
                 profile = args.profile or ("small" if data_source == "synthetic" else "paper")
                 config = runner.method_config(method, profile, base.overrides)
                 base = dataclasses.replace(base, pretrain_on=runner.effective_pretrain_on(method, task,
                                                                                           base.pretrain_on))
-            except TaskSpecError:
-                raise  # a malformed task file stops the whole sweep before any work: one line, exit 2, as `run`
+            except (TaskSpecError, DataError):
+                # a malformed task file, or the data root itself: every cell would fail the same way, so the
+                # whole sweep stops before any work with one line and exit 2, as `run`
+                raise
             except (RunError, KeyError, ValueError) as exc:
-                msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-                plan.cells.append(Cell(base, status="failed", error=msg))
+                failure = Failure.from_exception(exc)
+                plan.cells.append(Cell(base, status="failed", error=failure.summary(), failure=failure, stage="plan"))
                 continue
+            why = dispatch.capability_refusal(method, task)
+            if why:
+                incapable.append(why)
+                continue
+            failures.clear_failure(base, expanded=False)  # a refusal of this (method, task) is over
             group = config_hash([method_name, config, base.pretrain_on or task.dataset, task.views,
                                  dataclasses.asdict(task.split), task.eval_dataset is not None, args.data_root])[:16]
             for fraction in fractions or task.fractions:
@@ -196,6 +243,8 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
                     else:
                         plan.groups.setdefault(group, req)
                     plan.cells.append(cell)
+    if incapable:  # known before any job, and never runnable: refuse the grid as asked, like `run` and `submit`
+        raise RunError("; ".join(incapable) + " (nothing was submitted: drop those from --methods / --tasks)")
     return plan
 
 
@@ -204,11 +253,26 @@ def _finish(cell: Cell, outcome: dispatch.JobOutcome) -> None:
     cell.detail = str(outcome.record_path or "")
     cell.log = str(outcome.stderr or "")
     cell.error = outcome.error
+    cell.failure = outcome.failure
+    cell.job_id = outcome.job_id
 
 
 def _pretraining_failed(cell: Cell, outcome: dispatch.JobOutcome) -> None:
-    cell.status, cell.log = "failed", str(outcome.stderr or "")
-    cell.error = f"its pretraining job {outcome.job_id} failed:\n{outcome.error}"
+    cell.status, cell.log, cell.stage, cell.job_id = "failed", str(outcome.stderr or ""), "pretrain", outcome.job_id
+    cell.failure = dataclasses.replace(outcome.failure,
+                                       reason=f"its pretraining job failed: {outcome.failure.reason}")
+    cell.error = cell.failure.summary()
+
+
+def record_failures(cells: list[Cell]) -> None:
+    """Each failed cell gets its failure record (``harness.failures``); a done one loses a stale one."""
+    for cell in cells:
+        if cell.status == "done":
+            failures.clear_failure(cell.request)
+        elif cell.status == "failed" and cell.failure is not None:
+            cell.failure_record = failures.write_failure(cell.request, cell.failure, stage=cell.stage,
+                                                         job_id=cell.job_id, log=cell.log or None,
+                                                         expanded=cell.stage != "plan")
 
 
 def _run_stages(plan: Plan, args: argparse.Namespace) -> None:
@@ -265,9 +329,10 @@ def summary(cells: list[Cell]) -> str:
         if c.status == "failed":
             r = c.request
             fraction, seed = grid(c)
+            record = [f"failure record: {c.failure_record}"] if c.failure_record else []
             out.append(f"\nFAILED {r.method} x {r.task} f={fraction} s={seed}"
                        + (f" (log: {c.log})" if c.log else "") + "\n" + "\n".join(
-                           "    " + line for line in c.error.splitlines()))
+                           "    " + line for line in [*c.error.splitlines(), *record]))
     return "\n".join(out)
 
 
@@ -280,5 +345,6 @@ def run_sweep(args: argparse.Namespace) -> int:
           file=sys.stderr)
     if todo:
         _run_stages(plan, args)
+    record_failures(plan.cells)
     print(summary(plan.cells))
     return 1 if any(c.status == "failed" for c in plan.cells) else 0

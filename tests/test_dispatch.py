@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -108,6 +109,71 @@ def test_failed_run_is_reported_and_the_others_complete(tmp_path):
     rec = json.loads(outcomes[1].record_path.read_text())
     assert rec["task"] == "mock" and rec["method"] == "random"
     assert "FAILED" in dispatch.describe(outcomes) and str(outcomes[1].record_path) in dispatch.describe(outcomes)
+    # the failed run has its failure record (harness.failures), named in the summary; the leaderboard ignores it
+    failure = json.loads(outcomes[0].failure_record.read_text())
+    assert (failure["expected"], failure["error_type"], failure["stage"]) == (True, "RunError", "run")
+    assert "no_such_key" in failure["reason"] and "traceback" not in failure
+    assert f"    failure record: {outcomes[0].failure_record}" in dispatch.describe(outcomes).splitlines()
+    from harness.results import load_records
+
+    assert load_records(tmp_path / "r") == ([rec], [])
+
+
+def breaks_on_full_batches():
+    """A submission that passes the encoder check (batches of 4 and 2), then has a bug on a full batch."""
+    import torch
+
+    from examples.my_encoder import MyEncoder
+
+    class Breaks(MyEncoder):
+        def encode_image(self, images):
+            if len(images) > 4:
+                raise ZeroDivisionError("a bug in encode_image")
+            return super().encode_image(images)
+
+    enc = Breaks().eval()
+    with torch.no_grad():  # weights of its own: features cached for MyEncoder's weights would skip encode_image
+        enc.net[0].bias.add_(0.25)
+    return enc
+
+
+@needs_mock
+@pytest.mark.slow
+def test_local_jobs_report_why_they_failed(tmp_path):
+    """Workers in other processes: an expected mistake is one line without a traceback, a bug its type and message
+    with the traceback in the failure record; both from what the worker left, and the same from submitit's text."""
+    from harness import failures
+
+    good = RunRequest(method="random", task="mock", profile="smoke", results_dir=str(tmp_path / "r"), progress=False)
+    mistake = dataclasses.replace(good, overrides=["no_such_key=1"])
+    bug = dataclasses.replace(good, method="breaks-in-job", submission="tests.test_dispatch:breaks_on_full_batches")
+    args = _args("--executor", "local", "--array-parallelism", "2")
+    args.results = good.results_dir  # the logs in their default place, <results>/logs
+    jobs = dispatch.run_jobs(dispatch.make_executor(args), [dispatch.RunJob(r) for r in (mistake, bug)], args,
+                             progress=False)
+    outcomes = [dispatch.outcome_of(j, r) for j, r in zip(jobs, (mistake, bug), strict=True)]
+    assert [o.status for o in outcomes] == ["failed", "failed"]
+    m, b = outcomes
+    assert m.failure.expected and m.failure.error_type == "RunError" and "no_such_key" in m.error
+    assert "\n" not in m.error and "Traceback" not in m.error
+    assert (b.failure.expected, b.failure.reason) == (False, "ZeroDivisionError: a bug in encode_image")
+    assert "raise ZeroDivisionError" in b.failure.traceback
+    for o in outcomes:
+        dispatch.record_outcome(o)
+    rec = json.loads(m.failure_record.read_text())
+    assert (rec["expected"], rec["job_id"], rec["log"]) == (True, m.job_id, str(m.stderr)) and "traceback" not in rec
+    assert json.loads(b.failure_record.read_text())["traceback"].startswith("Traceback (most recent call last):")
+    from harness.results import load_records
+
+    assert load_records(tmp_path / "r") == ([], [])  # neither the logs nor the failure records are results
+    assert m.failure_record == failures.failure_path(mistake) and m.failure_record.parent == tmp_path / "r" / \
+        "failed" / "mock" and m.failure_record.name.startswith("random__f1__s0__")
+    # a worker that left nothing (killed, unwritable folder): the parent reads submitit's error text instead
+    for job in jobs:
+        dispatch._failure_file(job.paths).unlink()
+    again = [dispatch.outcome_of(j, r) for j, r in zip(jobs, (mistake, bug), strict=True)]
+    assert [(o.failure.expected, o.failure.error_type, o.failure.reason) for o in again] == \
+        [(o.failure.expected, o.failure.error_type, o.failure.reason) for o in (m, b)]
 
 
 @needs_mock

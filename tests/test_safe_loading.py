@@ -133,3 +133,29 @@ def test_damaged_mock_data_is_rewritten(damage, tmp_path):
         assert {p.name: p.read_bytes() for p in root.iterdir()} == before
         assert again.fingerprint() == good.fingerprint()
         assert not [p for p in root.parent.iterdir() if p.name.startswith(".mock-")]  # no temp folders left
+
+
+# ------------------------------------------------------------------------------------------ submitted weights
+
+
+@pytest.mark.parametrize("name", ["weights.safetensors", "weights.pt", "weights.bin", "weights"])
+def test_a_code_running_pickle_never_runs_whatever_its_name(name, tmp_path):
+    """The format is read from the bytes first (harness.weights_format); a pickle is only ever handed to
+    torch.load(weights_only=True), and under a .safetensors name not even that."""
+    import pickle
+
+    from harness.adapters import SubmissionError, load_state_dict
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / name
+    path.write_bytes(pickle.dumps({"conv1.weight": Payload()}, protocol=2))
+    with pytest.raises(SubmissionError) as err:
+        load_state_dict(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert ("is not a safetensors file: it is a Python pickle" in str(err.value)) == name.endswith(".safetensors")
+    assert not marker.exists()

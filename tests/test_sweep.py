@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import dispatch, sweep
+from harness import dispatch, failures, sweep
 
 TASKS = Path(__file__).resolve().parent.parent / "tasks"
 
@@ -26,6 +26,11 @@ def _mock_ready() -> bool:
 
 needs_mock = pytest.mark.skipif(not _mock_ready(), reason="the mock task / random method / data roots are not "
                                 "importable yet")
+
+
+def _result_records(results: Path) -> list[Path]:
+    """The result records under ``results`` (not the failure records in ``results/failed/``)."""
+    return [p for p in results.rglob("*.json") if p.relative_to(results).parts[0] != failures.FAILURES_DIR]
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -71,14 +76,37 @@ def test_sweep_reports_the_failing_cell_completes_the_others_then_skips(tmp_path
     assert "NoSuchLabel" in out and "unknown method 'nonexistent-method'" in out
     broken_log = next(line for line in plan_rows if "mock-broken" in line and "random" in line).split()[-1]
     assert Path(broken_log).exists() and "NoSuchLabel" in Path(broken_log).read_text()
-    records = list((tmp_path / "results").rglob("*.json"))
+    records = _result_records(tmp_path / "results")
     assert len(records) == 2
+    # the 4 failed cells have failure records beside the results (harness.failures), never taken for results
+    fails = {(f["method"], f["task"], f["seed"]): f for f in failures.load_failures(tmp_path / "results")}
+    assert sorted(fails) == sorted([("random", "mock-broken", 0), ("random", "mock-broken", 1),
+                                    ("nonexistent-method", "mock", None), ("nonexistent-method", "mock-broken", None)])
+    assert all(f["expected"] and "traceback" not in f and "\n" not in f["reason"] for f in fails.values())
+    assert "NoSuchLabel" in fails[("random", "mock-broken", 0)]["reason"]
+    assert fails[("random", "mock-broken", 0)]["stage"] == "run"
+    assert fails[("nonexistent-method", "mock", None)]["stage"] == "plan"
 
     # run again: the two finished cells are skipped, nothing is rerun
     code = sweep.run_sweep(_args(*argv[:2], "--tasks", "mock", *argv[6:]))
     out = capsys.readouterr().out
     assert code == 0 and "0 done, 0 failed, 2 skipped" in out
-    assert sorted((tmp_path / "results").rglob("*.json")) == sorted(records)
+    assert sorted(_result_records(tmp_path / "results")) == sorted(records)
+
+
+def test_the_data_root_is_resolved_only_for_tasks_that_need_one(tmp_path, capsys):
+    from harness.cli import main
+
+    missing = tmp_path / "no-such-root"
+    argv = ["sweep", "--methods", "random", "--profile", "smoke", "--fractions", "1", "--seeds", "0",
+            "--data-root", str(missing), "--results", str(tmp_path / "r"), "--logs", str(tmp_path / "logs")]
+    assert main([*argv, "--tasks", "mimic-cls"]) == 2  # a task on real layouts: the bad root is one error line
+    err = capsys.readouterr().err
+    assert err.strip() == f"harness: error: data root {missing} is not a folder (from --data-root or " \
+                          "$HARNESS_DATA_ROOT)"
+    assert not (tmp_path / "r").exists()
+    assert main(["-q", *argv, "--tasks", "mock"]) == 0  # the self-contained mock needs no root at all
+    assert "1 done, 0 failed, 0 skipped" in capsys.readouterr().out
 
 
 @needs_mock
