@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.methods import MethodCard, Preprocess
+from harness.encoders import MethodCard, Preprocess
 
 
 class MyEncoder(nn.Module):

@@ -5,7 +5,7 @@ torch. ``harness/`` never imports ``baselines/``; it names them as strings.
 Each entry resolves to:
 
 - METHODS: a zero-argument callable (class or factory) returning a ``Method``
-  (``harness.methods.Method``);
+  (``harness.encoders.Method``);
 - DATASETS: an adapter object with ``load(root: Path) -> Records`` and
   ``check(root: Path) -> CheckReport``;
 - PROTOCOLS: a callable ``(EvalContext) -> ProtocolResult``

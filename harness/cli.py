@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 from harness import __version__
+from harness.dispatch import executors
 
 log = logging.getLogger("harness")
 
@@ -45,7 +46,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="default: small on synthetic data, paper on real data")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method config key (dotted, YAML value); repeatable")
-    from harness.runner import add_pretrain_on_argument
+    from harness.dispatch.runner import add_pretrain_on_argument
 
     add_pretrain_on_argument(p)
     _add_common(p)
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         python -m harness run --method moco --task mimic-cls --executor slurm --partition gpu --gpus-per-node 1
     """)
     add_run_arguments(p)
-    _maybe(lambda: __import__("harness.dispatch", fromlist=["x"]).add_executor_arguments(p))
+    executors.add_executor_arguments(p)
 
     p = _sub(sub, "ls", "list tasks, methods, datasets or protocols", """
         python -m harness ls tasks
@@ -146,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help=".safetensors (or a plain torch state dict; pickles are refused)")
     p.add_argument("--pretraining-data", nargs="+", default=None, metavar="DATASET:SPLIT",
                    help="with --weights: what the weights saw, for the leakage flag: a harness dataset or "
-                        "imagenet, imagenet-21k, laion, ... (harness.provenance), split train|val|test|all "
+                        "imagenet, imagenet-21k, laion, ... (harness.encoders.provenance), split train|val|test|all "
                         "(e.g. mimic-cxr:train imagenet:train); default: unknown")
     p.add_argument("--tasks", nargs="+", default=None, help="default: every task it is capable of (not mock)")
     p.add_argument("--fractions", nargs="+", type=float, default=None, help="default: each task's own list")
@@ -155,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-predictions", action="store_true")
     p.add_argument("--device", default="auto")
     _add_common(p)
-    _maybe(lambda: __import__("harness.dispatch", fromlist=["x"]).add_executor_arguments(p))
+    executors.add_executor_arguments(p)
 
     p = _sub(sub, "regress", "compare result records with published numbers; exit 1 when one falls outside", """
         python -m harness regress --against published
@@ -172,39 +173,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regenerate-reference", action="store_true",
                    help="rerun the CI reference suite and rewrite leaderboards/reference/ (on purpose only)")
 
-    _maybe(lambda: _add_sweep(sub))
-    _maybe(lambda: _add_bench(sub))
+    _add_sweep(sub)
+    _add_bench(sub)
     return parser
 
 
 def _add_sweep(sub) -> None:
-    from harness import dispatch, sweep
+    from harness.dispatch import sweep
 
     p = _sub(sub, "sweep", "run a grid of methods x tasks x fractions x seeds as job arrays", """
         python -m harness sweep --methods random moco --tasks mimic-cls nih14-cls --fractions 0.1 1 --seeds 0 1 2
         python -m harness sweep --methods random --tasks mock --profile smoke --executor local
     """)
     sweep.add_sweep_arguments(p)
-    dispatch.add_executor_arguments(p)
+    executors.add_executor_arguments(p)
 
 
 def _add_bench(sub) -> None:
-    import harness.bench as bench  # ModuleNotFoundError('harness.bench') until the bench lands: _maybe skips it
+    from harness.bench import suite as bench
 
     p = _sub(sub, "bench", "measure the harness against naive baselines (ratios, one run, one machine)", """
         python -m harness bench --quick --out /tmp/bench.md
         python -m harness bench --out docs/bench-report.md
     """)
     bench.add_bench_arguments(p)
-
-
-def _maybe(fn) -> None:
-    """Wire optional subsystems only when their modules exist (they land in separate steps)."""
-    try:
-        fn()
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("harness."):
-            raise
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -224,7 +216,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
     else:
         registry = {"methods": METHODS, "datasets": DATASETS, "protocols": PROTOCOLS}[args.what]
         if args.what == "methods":
-            _maybe(lambda: __import__("harness.submit", fromlist=["x"]).register_plugins())
+            from harness.encoders.submission import register_plugins
+
+            register_plugins()
         for name in registry.names():
             print(name)
     return 0
@@ -253,17 +247,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.runner import RunRequest, execute
+    from harness.dispatch.runner import RunRequest, execute
 
     req = RunRequest(method=args.method, task=args.task, fraction=args.fraction, seed=args.seed,
                      profile=args.profile, data_root=args.data_root, results_dir=args.results,
                      overrides=args.overrides, save_predictions=args.save_predictions, device=args.device,
                      progress=not args.quiet, tasks_dir=args.tasks_dir, pretrain_on=args.pretrain_on)
     if getattr(args, "executor", "debug") != "debug":
-        from harness import dispatch
+        from harness.dispatch import executors
 
-        outcomes = dispatch.dispatch_runs([req], args)
-        print(dispatch.describe(outcomes))
+        outcomes = executors.dispatch_runs([req], args)
+        print(executors.describe(outcomes))
         return 0 if all(o.status == "done" for o in outcomes) else 1
     out = execute(req)
     _print_outcome(out.record, out.path)
@@ -284,7 +278,7 @@ def _print_outcome(rec: dict, path: Path) -> None:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from harness.leaderboard import render_all
+    from harness.reporting.leaderboard import render_all
 
     written, problems = render_all(args.results, args.out)
     for p in problems:
@@ -298,7 +292,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.compare import compare
+    from harness.reporting.compare import compare
 
     try:
         print(compare(args.results, args.task, args.a, args.b, args.metric, args.data_source), end="")
@@ -335,11 +329,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     """Check the submission (name, pretraining data, encoder, capabilities) before any job, then score it.
 
     One failing run stops nothing: it is printed with its reason, gets a failure record
-    (``harness.failures``) and makes the exit code 1.
+    (``harness.dispatch.failures``) and makes the exit code 1.
     """
-    from harness import failures
-    from harness.runner import RunRequest, execute, load_method
-    from harness.submit import (
+    from harness.dispatch import failures
+    from harness.dispatch.runner import RunRequest, execute, load_method
+    from harness.encoders.submission import (
         capable_tasks,
         check_name,
         ensure_registered,
@@ -362,10 +356,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
                            device=args.device, progress=not args.quiet, tasks_dir=args.tasks_dir, submission=spec)
                 for t in tasks for f in (args.fractions or t.fractions) for s in (args.seeds or t.seeds)]
     if getattr(args, "executor", "debug") != "debug":
-        from harness import dispatch
+        from harness.dispatch import executors
 
-        outcomes = dispatch.dispatch_runs(requests, args)
-        print(dispatch.describe(outcomes))
+        outcomes = executors.dispatch_runs(requests, args)
+        print(executors.describe(outcomes))
         return 0 if all(o.status == "done" for o in outcomes) else 1
     failed = []
     for req in requests:
@@ -388,10 +382,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_regress(args: argparse.Namespace) -> int:
-    from harness.regress import run_regress
+    from harness.reporting.regress import run_regress
 
     if args.regenerate_reference:
-        from harness.reference import regenerate
+        from harness.reporting.reference import regenerate
 
         print(f"wrote {regenerate()}")
         return 0
@@ -404,18 +398,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
-    from harness.failures import expected_types
+    from harness.dispatch.failures import expected_types
 
     expected = expected_types()  # one list of expected mistakes: these print one line and exit 2
     handlers = {"run": cmd_run, "ls": cmd_ls, "validate": cmd_validate, "leaderboard": cmd_leaderboard,
                 "compare": cmd_compare,
                 "data": cmd_data, "regress": cmd_regress, "submit": cmd_submit}
     if args.command == "sweep":
-        from harness import sweep
+        from harness.dispatch import sweep
 
         handlers["sweep"] = sweep.run_sweep
     if args.command == "bench":
-        import harness.bench as bench
+        import harness.bench.suite as bench
 
         handlers["bench"] = bench.cmd_bench
     try:

@@ -37,7 +37,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import threading
 import time
@@ -49,9 +48,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.locking import file_lock
-from harness.methods import Preprocess
-from harness.preprocess import to_model_input
+from harness.encoders import Preprocess
+from harness.encoders.preprocess import to_model_input
+from harness.storage import atomic_write, cache_root, file_lock
 
 FORMAT_VERSION = 1
 KINDS = ("global", "regions")
@@ -136,23 +135,14 @@ def _canonical(obj: Any) -> str:
 
 
 def default_cache_root() -> Path:
-    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness")) / "features"
+    return cache_root() / "features"
 
 
 # --------------------------------------------------------------------------- atomic files
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    _atomic_write_bytes(path, lambda fh: np.save(fh, array, allow_pickle=False))
+    atomic_write(path, lambda fh: np.save(fh, array, allow_pickle=False))
 
 
 def _array_sha(array: np.ndarray) -> str:
@@ -344,7 +334,7 @@ def _build_entry(stem: Path, key: dict[str, Any], encoder: Any, images: Any, pre
                              progress=progress, partial_dir=partial, chunk_rows=chunk_rows)
     _save_npy(stem.with_suffix(".npy"), array)
     header = {"key": key, "shape": list(array.shape), "dtype": str(array.dtype), "sha256": _array_sha(array)}
-    _atomic_write_bytes(stem.with_suffix(".json"), lambda fh: fh.write(json.dumps(header, indent=1).encode()))
+    atomic_write(stem.with_suffix(".json"), lambda fh: fh.write(json.dumps(header, indent=1).encode()))
     shutil.rmtree(partial, ignore_errors=True)
     return array
 

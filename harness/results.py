@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-import harness
+from harness.storage import REPOSITORY, FolderNotWritable, atomic_write
 
 REQUIRED_KEYS = (
     "method", "task", "task_version", "fraction", "seed", "data_source", "metrics", "main_metric", "ci",
@@ -94,24 +92,14 @@ def record_path(results_dir: Path, rec: dict[str, Any]) -> Path:
     return Path(results_dir) / rec["data_source"] / rec["task"] / f"{record_name(rec)}.json"
 
 
-def _atomic_write(path: Path, write: Any, suffix: str) -> None:
+def write_file(path: Path, write: Any) -> None:
+    """``storage.atomic_write`` into the results tree, its failures as one-line ``ResultsError``."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    except OSError as exc:
+        atomic_write(path, write)
+    except FolderNotWritable as exc:
         raise ResultsError(f"cannot write results under {path.parent}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise ResultsError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_record(results_dir: str | Path, rec: dict[str, Any], predictions: dict[str, np.ndarray] | None = None
@@ -124,11 +112,11 @@ def write_record(results_dir: str | Path, rec: dict[str, Any], predictions: dict
     npz = path.with_suffix(".predictions.npz")
     existed = npz.exists()
     if predictions:
-        _atomic_write(npz, lambda fh: np.savez_compressed(fh, **predictions), ".npz.tmp")
+        write_file(npz, lambda fh: np.savez_compressed(fh, **predictions))
         rec = {**rec, "predictions_file": npz.name}
     data = json.dumps(rec, indent=2, sort_keys=True, allow_nan=True).encode()
     try:
-        _atomic_write(path, lambda fh: fh.write(data), ".tmp")
+        write_file(path, data)
     except BaseException:
         if predictions and not existed:  # no record, so no orphan predictions either (full disk, kill)
             npz.unlink(missing_ok=True)
@@ -139,14 +127,14 @@ def write_record(results_dir: str | Path, rec: dict[str, Any], predictions: dict
 def load_records(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     """All records under ``results_dir`` and a list of files that could not be read (with why).
 
-    ``<results_dir>/failed/`` (failure records, ``harness.failures``) is not searched.
+    ``<results_dir>/failed/`` (failure records, ``harness.dispatch.failures``) is not searched.
     """
     records, problems = [], []
     root = Path(results_dir)
     if not root.exists():
         return records, problems
     for path in sorted(root.rglob("*.json")):
-        # failure records (harness.failures) live in <results>/failed/: never results
+        # failure records (harness.dispatch.failures) live in <results>/failed/: never results
         if path.name.startswith(".") or path.relative_to(root).parts[0] == "failed":
             continue
         try:
@@ -163,7 +151,7 @@ def load_records(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[st
 
 
 def git_commit() -> str:
-    root = Path(harness.__file__).resolve().parent.parent
+    root = REPOSITORY
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10, check=False)

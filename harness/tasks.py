@@ -33,7 +33,9 @@ from typing import Any
 
 import yaml
 
-TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
+from harness.storage import REPOSITORY
+
+TASKS_DIR = REPOSITORY / "tasks"
 
 
 class TaskSpecError(ValueError):
@@ -207,7 +209,7 @@ def _check_semantics(spec: TaskSpec, where: str) -> None:
         raise TaskSpecError(f"{where}: main_metric {spec.main_metric!r} is not listed in metrics")
     if spec.version < 1:
         raise TaskSpecError(f"{where}: version must be >= 1")
-    from harness.methods import CAPABILITIES
+    from harness.encoders import CAPABILITIES
 
     bad = [c for c in spec.requires if c not in CAPABILITIES]
     if bad:
@@ -430,3 +432,20 @@ def load_task(path: str | Path) -> TaskSpec:
 
 def task_files(tasks_dir: Path = TASKS_DIR) -> list[Path]:
     return sorted(tasks_dir.glob("*.yaml"))
+
+
+def get_task(name: str, tasks_dir: str | Path | None = None) -> TaskSpec:
+    """The task ``name`` from ``tasks_dir`` (default: the repository's ``tasks/``), loaded and validated.
+
+    Raises:
+        UnknownNameError: no ``<name>.yaml`` there (the message suggests close names).
+        TaskSpecError: the file does not validate (the message names the file and the key).
+    """
+    from harness.registry import UnknownNameError, did_you_mean
+
+    directory = Path(tasks_dir) if tasks_dir else TASKS_DIR
+    path = directory / f"{name}.yaml"
+    if not path.exists():
+        names = sorted(p.stem for p in directory.glob("*.yaml"))
+        raise UnknownNameError(f"unknown task {name!r}{did_you_mean(name, names)}")
+    return load_task(path)

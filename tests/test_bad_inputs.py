@@ -31,7 +31,7 @@ from harness.cli import main
 from harness.cohort import build_task_data
 from harness.data.images import decode_image
 from harness.data.schema import DataError
-from harness.runner import get_task
+from harness.tasks import get_task
 from tests.corpus import (
     CHEX,
     FOLDERS,
@@ -480,7 +480,7 @@ def no_card():
 def test_bad_submission_is_refused_in_one_line(factory, message, tmp_path, capsys):
     line = cli_error(["submit", f"tests.test_bad_inputs:{factory}", "--name", f"bad-{factory}", "--tasks", "mock",
                       "--profile", "smoke", "--results", str(tmp_path / "r")], capsys)
-    # harness/submit.py words the details; the contract is one line that starts so and names the problem
+    # harness/encoders/submission.py words the details; the contract is one line that starts so and names the problem
     assert line.startswith("harness: error: the submitted encoder failed its checks: ") and message in line, line
     assert not (tmp_path / "r").exists()
 
@@ -498,12 +498,12 @@ def test_submission_spec_that_does_not_import(capsys):
 
 
 def test_dispatched_runs_print_their_counted_skips_too(tmp_path):
-    from harness import dispatch
-    from harness.runner import RunRequest
+    from harness.dispatch import executors
+    from harness.dispatch.runner import RunRequest
     from tests.test_results import make_record
 
     path = tmp_path / "rec.json"
     path.write_text(__import__("json").dumps(make_record(0, skipped={"nih14: impossible age": 2})))
-    out = dispatch.describe([dispatch.JobOutcome(RunRequest(method="random", task="nih14-cls"), "done",
+    out = executors.describe([executors.JobOutcome(RunRequest(method="random", task="nih14-cls"), "done",
                                                  record_path=path)])
     assert out.splitlines()[1] == "  skipped 2: nih14: impossible age"

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from harness.cli import main
+from harness.dispatch.runner import RunRequest, execute
 from harness.results import data_fingerprint, load_records, write_record
-from harness.runner import RunRequest, execute
 from harness.synth import MARKER, write_world
 from tests.corpus import cli_error, copy_of
 from tests.test_results import WORLD, WORLD_XRV, make_record
@@ -122,7 +122,7 @@ def _entry(**kw) -> dict:
 
 
 def test_regress_never_averages_or_subtracts_runs_of_different_data(tmp_path):
-    from harness.regress import run_regress
+    from harness.reporting.regress import run_regress
 
     results = tmp_path / "results"
     spec = _records(results, "moco", WORLD, [0.70, 0.70, 0.70], protocol="linear-probe")
@@ -146,7 +146,7 @@ def test_regress_never_averages_or_subtracts_runs_of_different_data(tmp_path):
 
 
 def test_sweep_skips_only_a_record_of_the_same_data(tmp_path, corpus_world):
-    from harness import sweep
+    from harness.dispatch import sweep
     from tests.test_sweep import _args
 
     results = tmp_path / "results"

@@ -6,7 +6,7 @@ tiny timm models and torchvision's resnet18, files cut, renamed, replaced) and g
 ``harness.cli.main``: exit code 2, exactly one ``harness: error:`` line naming the file or field
 and what is wrong, no traceback (``tests.corpus.cli_error``). Then the runs that fail after
 scoring started: one failing run of ``submit`` or ``sweep`` stops no other, is printed with its
-reason and leaves a JSON failure record (``harness.failures``) that the leaderboard never reads.
+reason and leaves a JSON failure record (``harness.dispatch.failures``) that the leaderboard never reads.
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ import torch
 from safetensors.torch import save_file
 
 from examples.my_encoder import MyEncoder
-from harness import failures
 from harness.catalog import METHODS
 from harness.cli import main
-from harness.leaderboard import render_all
-from harness.methods import IMAGENET_MEAN, IMAGENET_STD, MethodCard, Preprocess
-from harness.provenance import check_pretraining_data
+from harness.dispatch import failures
+from harness.encoders import IMAGENET_MEAN, IMAGENET_STD, MethodCard, Preprocess
+from harness.encoders.errors import SubmissionError
+from harness.encoders.provenance import check_pretraining_data
+from harness.encoders.submission import SubmissionMethod, refuse_earlier_submission
+from harness.reporting.leaderboard import render_all
 from harness.results import load_records
-from harness.submit import SubmissionError, SubmissionMethod, refuse_earlier_submission
 from tests.corpus import cli_error, copy_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,7 +138,7 @@ def test_weights_file_that_is_not_what_it_says_is_one_line(case, files, tmp_path
 
 
 def test_the_good_files_load(files):
-    from harness.adapters import load_state_dict
+    from harness.encoders.weights import load_state_dict
 
     reference = load_state_dict(files["safetensors"])
     for key in ("pt", "legacy"):  # both torch formats, loaded with weights_only=True
@@ -303,7 +304,7 @@ def test_encoder_check_refuses_before_any_job(factory, message, tmp_path, capsys
 
 
 def test_the_shared_space_check_matches_what_retrieval_and_grounding_accept():
-    from harness.submit import check_encoder
+    from harness.encoders.check import check_encoder
 
     assert check_encoder(_Texts().eval()) == []  # text of num_features size: retrieval can compare them
     aligned = _Regions().eval()

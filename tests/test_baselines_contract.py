@@ -18,8 +18,8 @@ import torch
 from harness.catalog import METHODS
 from harness.cohort import ImageView, TrainingData
 from harness.data.schema import DataError
-from harness.methods import MethodCard, PretrainRequest, capabilities
-from harness.preprocess import to_model_input
+from harness.encoders import MethodCard, PretrainRequest, capabilities
+from harness.encoders.preprocess import to_model_input
 
 PROFILES = ("smoke", "small", "paper")
 

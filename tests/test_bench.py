@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from harness import bench
-from harness.bench import _status_kb, peak_rss, planted_images, write_mimic_tables
+from harness.bench import suite as bench
+from harness.bench.suite import _status_kb, peak_rss, planted_images, write_mimic_tables
 from harness.cli import main
 from harness.data.mimic_cxr import ADAPTER
+from harness.encoders import Preprocess
 from harness.features import extract_features, extraction_seconds
-from harness.methods import Preprocess
 
 
 def _row(report: str, key: str) -> list[str]:

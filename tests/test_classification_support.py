@@ -18,8 +18,8 @@ from torch import nn
 
 from harness.cohort import TaskData, build_task_data
 from harness.data.schema import BASE_COLUMNS, Records
+from harness.encoders import ImageEncoder, MethodCard, Preprocess
 from harness.features import weights_sha256
-from harness.methods import ImageEncoder, MethodCard, Preprocess
 from harness.protocols.base import EvalContext
 from harness.tasks import LabelPolicy, SplitSpec, TaskSpec
 

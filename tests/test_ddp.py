@@ -2,11 +2,11 @@
 
 The processes are launched like a multi-task submitit job (or torchrun): each gets RANK /
 WORLD_SIZE / MASTER_ADDR / MASTER_PORT and calls ``RunJob(request, stage="pretrain")``, which
-joins the process group (``harness.dispatch._join_process_group``) and pretrains through
-``harness.runner.pretrain_only`` (rank 0 alone takes the cache lock and tells the others).
+joins the process group (``harness.dispatch.executors._join_process_group``) and pretrains through
+``harness.dispatch.runner.pretrain_only`` (rank 0 alone takes the cache lock and tells the others).
 
 The image-text and EHR methods (``region-word``, ``mlm-mvm``, ``msn-ehr``) need reports / EHR
-columns, which the mock task lacks: their ranks call ``harness.runner.pretrained_checkpoint`` (what
+columns, which the mock task lacks: their ranks call ``harness.dispatch.runner.pretrained_checkpoint`` (what
 ``pretrain_only`` calls after preparing the data) on in-memory studies. Every 2-process run is checked
 to have been written once (one done.json, checkpoint and final, one log line per step). The exact check
 of the cross-rank negatives is ``test_gathered_matching_losses_and_gradients_equal_one_process``.
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.runner import RunRequest
+from harness.dispatch.runner import RunRequest
 
 GLOBAL_BATCH = 8
 
@@ -45,7 +45,7 @@ class TinyDDP:
     """A test method: a linear autoencoder (a per-sample loss, so DDP's gradient mean is exact)."""
 
     def __init__(self) -> None:
-        from harness.methods import MethodCard, Preprocess
+        from harness.encoders import MethodCard, Preprocess
 
         self.card = MethodCard(name="test-ddp", paper="harness tests", preprocess=Preprocess(16, 1, (0.5,), (0.5,)))
         self.profiles = {"smoke": {"image_size": 16, "steps": 5, "dim": 4, "seed": 0}}
@@ -93,14 +93,14 @@ def _register() -> None:
 def _worker(rank: int, world_size: int, port: int, cache: str, method: str, overrides: list[str]) -> None:
     import torch
 
-    from harness import dispatch
+    from harness.dispatch import executors
 
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), HARNESS_CACHE=cache)
     _register()
     req = RunRequest(method=method, task="mock", profile="smoke", overrides=overrides, progress=False, device="cpu")
-    dispatch.RunJob(req, stage="pretrain")()
+    executors.RunJob(req, stage="pretrain")()
 
 
 def _free_port() -> int:
@@ -115,13 +115,13 @@ def _loss_curve(tmp_path: Path, world_size: int, method: str, overrides: list[st
 
     cache = tmp_path / f"cache-{world_size}"
     if world_size == 1:
-        from harness import dispatch
+        from harness.dispatch import executors
 
         monkeypatch.setenv("HARNESS_CACHE", str(cache))
         _register()
         req = RunRequest(method=method, task="mock", profile="smoke", overrides=overrides, progress=False,
                          device="cpu")
-        dispatch.RunJob(req, stage="pretrain")()
+        executors.RunJob(req, stage="pretrain")()
     else:  # fork: the children start with torch and harness already imported (seconds, not tens)
         mp.start_processes(_worker, args=(world_size, _free_port(), str(cache), method, overrides),
                            nprocs=world_size, join=True, start_method="fork")
@@ -299,9 +299,9 @@ def _studies(n: int = 16, size: int = 32):
 
 
 def _pretrain_via_runner(method: str, overrides: dict) -> None:
-    """``harness.runner.pretrained_checkpoint`` as ``RunJob(stage="pretrain")`` calls it, on ``_studies``."""
+    """``harness.dispatch.runner.pretrained_checkpoint`` as ``RunJob(stage="pretrain")`` calls it, on ``_studies``."""
     from harness.catalog import METHODS
-    from harness.runner import pretrained_checkpoint
+    from harness.dispatch.runner import pretrained_checkpoint
 
     impl = METHODS.get(method)()
     pretrained_checkpoint(impl, {**impl.profiles["smoke"], **overrides}, _studies(), "cpu", False, None)

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import submitit
 
-from harness import dispatch
-from harness.runner import RunRequest
+from harness.dispatch import executors
+from harness.dispatch.runner import RunRequest
 
 
 def _args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    dispatch.add_executor_arguments(parser)
+    executors.add_executor_arguments(parser)
     return parser.parse_args(list(argv))
 
 
@@ -48,8 +48,8 @@ def test_slurm_options_become_submitit_parameters(tmp_path):
     """The mapping from options to submitit's Slurm parameters, without Slurm installed."""
     config = tmp_path / "cluster.yaml"
     config.write_text(SLURM_YAML)
-    opts = dispatch.resolved_options(_args("--executor", "slurm", "--slurm-config", str(config), *SLURM_ARGV))
-    params = dispatch.slurm_parameters(opts, tasks_per_node=2, dependency="afterok:42_0")
+    opts = executors.resolved_options(_args("--executor", "slurm", "--slurm-config", str(config), *SLURM_ARGV))
+    params = executors.slurm_parameters(opts, tasks_per_node=2, dependency="afterok:42_0")
     assert params["slurm_partition"] == "gpu"  # the command line wins over the YAML
     assert (params["slurm_account"], params["slurm_qos"], params["gpus_per_node"], params["mem_gb"]) == \
         ("lab", "high", 2, 64.0)
@@ -62,31 +62,31 @@ def test_slurm_options_become_submitit_parameters(tmp_path):
 
 def test_slurm_executor_without_srun_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # a PATH on which no srun exists
-    with pytest.raises(dispatch.DispatchError, match=r"^--executor slurm: no `srun` on PATH"):
-        dispatch.make_executor(_args("--executor", "slurm", "--logs", str(tmp_path)))
+    with pytest.raises(executors.DispatchError, match=r"^--executor slurm: no `srun` on PATH"):
+        executors.make_executor(_args("--executor", "slurm", "--logs", str(tmp_path)))
 
 
 def test_slurm_config_rejects_unknown_keys_naming_the_file(tmp_path):
     config = tmp_path / "cluster.yaml"
     config.write_text("partiton: gpu\n")
-    with pytest.raises(dispatch.DispatchError, match=r"cluster.yaml: unknown key 'partiton'.*'partition'"):
-        dispatch.make_executor(_args("--executor", "slurm", "--slurm-config", str(config)))
-    with pytest.raises(dispatch.DispatchError, match="KEY=VALUE"):
-        dispatch.resolved_options(_args("--slurm-extra", "novalue"))
+    with pytest.raises(executors.DispatchError, match=r"cluster.yaml: unknown key 'partiton'.*'partition'"):
+        executors.make_executor(_args("--executor", "slurm", "--slurm-config", str(config)))
+    with pytest.raises(executors.DispatchError, match="KEY=VALUE"):
+        executors.resolved_options(_args("--slurm-extra", "novalue"))
 
 
 def test_executor_kinds(tmp_path):
-    assert isinstance(dispatch.make_executor(_args("--logs", str(tmp_path))), submitit.DebugExecutor)
-    local = dispatch.make_executor(_args("--executor", "local", "--logs", str(tmp_path)))
+    assert isinstance(executors.make_executor(_args("--logs", str(tmp_path))), submitit.DebugExecutor)
+    local = executors.make_executor(_args("--executor", "local", "--logs", str(tmp_path)))
     assert isinstance(local, submitit.LocalExecutor)
-    assert local.parameters["timeout_min"] == dispatch.DEFAULT_TIME_MIN  # not submitit's 2-minute default
-    with pytest.raises(dispatch.DispatchError, match="debug is one process"):
-        dispatch.make_executor(_args("--tasks-per-node", "2"))
+    assert local.parameters["timeout_min"] == executors.DEFAULT_TIME_MIN  # not submitit's 2-minute default
+    with pytest.raises(executors.DispatchError, match="debug is one process"):
+        executors.make_executor(_args("--tasks-per-node", "2"))
 
 
 def test_checkpoint_requeues_the_same_request():
     req = RunRequest(method="random", task="mock", profile="smoke")
-    job = dispatch.RunJob(req, stage="pretrain")
+    job = executors.RunJob(req, stage="pretrain")
     submission = job.checkpoint()
     assert isinstance(submission, submitit.helpers.DelayedSubmission)
     assert submission.function is job and submission.args == () and submission.kwargs == {}
@@ -102,18 +102,19 @@ def test_failed_run_is_reported_and_the_others_complete(tmp_path):
                       progress=False)
     bad = RunRequest(method="random", task="mock", profile="smoke", results_dir=str(tmp_path / "r"),
                      overrides=["no_such_key=1"], progress=False)
-    outcomes = dispatch.dispatch_runs([bad, good], _args("--logs", str(tmp_path / "logs")))
+    outcomes = executors.dispatch_runs([bad, good], _args("--logs", str(tmp_path / "logs")))
     assert [o.status for o in outcomes] == ["failed", "done"]
     assert "no_such_key" in outcomes[0].error and outcomes[0].record_path is None
     assert outcomes[0].stderr.exists() and "no_such_key" in outcomes[0].stderr.read_text()
     rec = json.loads(outcomes[1].record_path.read_text())
     assert rec["task"] == "mock" and rec["method"] == "random"
-    assert "FAILED" in dispatch.describe(outcomes) and str(outcomes[1].record_path) in dispatch.describe(outcomes)
-    # the failed run has its failure record (harness.failures), named in the summary; the leaderboard ignores it
+    assert "FAILED" in executors.describe(outcomes) and str(outcomes[1].record_path) in executors.describe(outcomes)
+    # the failed run has its failure record (harness.dispatch.failures), named in the summary; the leaderboard
+    # ignores it
     failure = json.loads(outcomes[0].failure_record.read_text())
     assert (failure["expected"], failure["error_type"], failure["stage"]) == (True, "RunError", "run")
     assert "no_such_key" in failure["reason"] and "traceback" not in failure
-    assert f"    failure record: {outcomes[0].failure_record}" in dispatch.describe(outcomes).splitlines()
+    assert f"    failure record: {outcomes[0].failure_record}" in executors.describe(outcomes).splitlines()
     from harness.results import load_records
 
     assert load_records(tmp_path / "r") == ([rec], [])
@@ -142,16 +143,16 @@ def breaks_on_full_batches():
 def test_local_jobs_report_why_they_failed(tmp_path):
     """Workers in other processes: an expected mistake is one line without a traceback, a bug its type and message
     with the traceback in the failure record; both from what the worker left, and the same from submitit's text."""
-    from harness import failures
+    from harness.dispatch import failures
 
     good = RunRequest(method="random", task="mock", profile="smoke", results_dir=str(tmp_path / "r"), progress=False)
     mistake = dataclasses.replace(good, overrides=["no_such_key=1"])
     bug = dataclasses.replace(good, method="breaks-in-job", submission="tests.test_dispatch:breaks_on_full_batches")
     args = _args("--executor", "local", "--array-parallelism", "2")
     args.results = good.results_dir  # the logs in their default place, <results>/logs
-    jobs = dispatch.run_jobs(dispatch.make_executor(args), [dispatch.RunJob(r) for r in (mistake, bug)], args,
+    jobs = executors.run_jobs(executors.make_executor(args), [executors.RunJob(r) for r in (mistake, bug)], args,
                              progress=False)
-    outcomes = [dispatch.outcome_of(j, r) for j, r in zip(jobs, (mistake, bug), strict=True)]
+    outcomes = [executors.outcome_of(j, r) for j, r in zip(jobs, (mistake, bug), strict=True)]
     assert [o.status for o in outcomes] == ["failed", "failed"]
     m, b = outcomes
     assert m.failure.expected and m.failure.error_type == "RunError" and "no_such_key" in m.error
@@ -159,7 +160,7 @@ def test_local_jobs_report_why_they_failed(tmp_path):
     assert (b.failure.expected, b.failure.reason) == (False, "ZeroDivisionError: a bug in encode_image")
     assert "raise ZeroDivisionError" in b.failure.traceback
     for o in outcomes:
-        dispatch.record_outcome(o)
+        executors.record_outcome(o)
     rec = json.loads(m.failure_record.read_text())
     assert (rec["expected"], rec["job_id"], rec["log"]) == (True, m.job_id, str(m.stderr)) and "traceback" not in rec
     assert json.loads(b.failure_record.read_text())["traceback"].startswith("Traceback (most recent call last):")
@@ -170,8 +171,8 @@ def test_local_jobs_report_why_they_failed(tmp_path):
         "failed" / "mock" and m.failure_record.name.startswith("random__f1__s0__")
     # a worker that left nothing (killed, unwritable folder): the parent reads submitit's error text instead
     for job in jobs:
-        dispatch._failure_file(job.paths).unlink()
-    again = [dispatch.outcome_of(j, r) for j, r in zip(jobs, (mistake, bug), strict=True)]
+        executors._failure_file(job.paths).unlink()
+    again = [executors.outcome_of(j, r) for j, r in zip(jobs, (mistake, bug), strict=True)]
     assert [(o.failure.expected, o.failure.error_type, o.failure.reason) for o in again] == \
         [(o.failure.expected, o.failure.error_type, o.failure.reason) for o in (m, b)]
 
@@ -182,7 +183,7 @@ def test_debug_and_local_executors_give_identical_results(tmp_path):
     for executor in ("debug", "local"):
         req = RunRequest(method="random", task="mock", profile="smoke", seed=1,
                          results_dir=str(tmp_path / executor), progress=False)
-        [out] = dispatch.dispatch_runs([req], _args("--executor", executor, "--logs", str(tmp_path / "logs")))
+        [out] = executors.dispatch_runs([req], _args("--executor", executor, "--logs", str(tmp_path / "logs")))
         assert out.status == "done", out.error
         runs[executor] = json.loads(out.record_path.read_text())
     debug, local = runs["debug"], runs["local"]
@@ -207,7 +208,7 @@ class TinyResumable:
     steps_run: list[int] = []  # test instrumentation: which steps the last pretraining ran
 
     def __init__(self) -> None:
-        from harness.methods import MethodCard, Preprocess
+        from harness.encoders import MethodCard, Preprocess
 
         self.card = MethodCard(name="test-resumable", paper="harness tests", preprocess=Preprocess(16, 1, (0.5,),
                                                                                                     (0.5,)))
@@ -216,7 +217,7 @@ class TinyResumable:
     def _model(self, config):
         import torch
 
-        from harness.methods import MethodCard
+        from harness.encoders import MethodCard
 
         card = self.card
 
@@ -284,7 +285,7 @@ def test_preempted_job_requeues_and_resumes_to_the_same_weights(tmp_path, monkey
         monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / cache))
         req = RunRequest(method=resumable_method, task="mock", profile="smoke",
                          results_dir=str(tmp_path / cache / "results"), progress=False)
-        job = dispatch.RunJob(req)
+        job = executors.RunJob(req)
         TinyResumable.preempt_at = preempt_at
         if preempt_at is not None:
             with pytest.raises(_Preempted):

@@ -42,7 +42,7 @@ def test_task_runs_with_random_at_smoke(task, world, tmp_path, capsys):
 @pytest.mark.slow
 def test_pretrain_on_another_dataset_like_msn_ehr(world, tmp_path, capsys):
     """MSN+EHR pretrains on MIMIC-CXR (with its EHR) and probes NIH-14: ``--pretrain-on mimic-cxr``."""
-    from harness.leaderboard import render_task
+    from harness.reporting.leaderboard import render_task
 
     results = tmp_path / "results"
     argv = ["-q", "run", "--method", "msn-ehr", "--task", "nih14-cls", "--profile", "smoke", "--data-root", str(world),
@@ -78,7 +78,7 @@ def test_pretrain_on_another_dataset_like_msn_ehr(world, tmp_path, capsys):
 
 def test_tasks_on_the_same_training_rows_share_one_pretraining(world):
     """The pretraining key covers the training rows' own pixels, not the rest of a task's image store."""
-    from harness.runner import RunRequest, prepare
+    from harness.dispatch.runner import RunRequest, prepare
 
     def data(task: str, pretrain_on: str | None = None):
         req = RunRequest(method="msn", task=task, profile="smoke", data_root=str(world), progress=False,

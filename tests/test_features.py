@@ -51,7 +51,7 @@ def test_features_equal_direct_encoding_without_drop_last(tmp_path):
     data, enc = task_data(), TinyEncoder()
     feats = _extract(enc, data, tmp_path)  # batch 16 does not divide N: the last partial batch is kept
     assert len(data.train) % 16 != 0
-    from harness.preprocess import to_model_input
+    from harness.encoders.preprocess import to_model_input
 
     enc.eval()
     with torch.no_grad():

@@ -13,8 +13,8 @@ from skimage import data
 
 from baselines.imagenet import ImageNetMethod, WeightsUnavailable, imagenet_backbone
 from baselines.imagenet.weights import efficientnet_lite0_file, map_by_order
-from harness.methods import IMAGENET_MEAN, IMAGENET_STD, capabilities
-from harness.preprocess import to_model_input
+from harness.encoders import IMAGENET_MEAN, IMAGENET_STD, capabilities
+from harness.encoders.preprocess import to_model_input
 
 EGYPTIAN_CAT, ESPRESSO = 285, 967
 

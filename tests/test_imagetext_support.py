@@ -27,8 +27,8 @@ from torch import nn
 
 from harness.cohort import TaskData, build_task_data
 from harness.data.schema import BASE_COLUMNS, CHEXPERT_5, Records
+from harness.encoders import MethodCard, Preprocess, capabilities
 from harness.features import weights_sha256
-from harness.methods import MethodCard, Preprocess, capabilities
 from harness.protocols.base import EvalContext
 from harness.tasks import LabelPolicy, SplitSpec, TaskSpec
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.leaderboard import GENERATED, leakage, render_all, row_names
+from harness.reporting.leaderboard import GENERATED, leakage, render_all, row_names
 from harness.results import write_record
 from tests.test_results import make_record
 
@@ -64,7 +64,7 @@ def test_row_names_separate_config_variants_not_pretraining_seeds():
 
 def test_compare_pairs_by_seed(tmp_path, capsys):
     from harness.cli import main
-    from harness.compare import paired
+    from harness.reporting.compare import paired
 
     a, b = [0.70, 0.64, 0.75], [0.66, 0.61, 0.70]  # a spread larger than the differences, all positive
     for seed in range(3):

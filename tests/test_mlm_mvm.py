@@ -17,8 +17,8 @@ from baselines.mlm_mvm.losses import masked_patch_loss, multiscale_patch_mask
 from baselines.mlm_mvm.model import MLMMVMModel, total_loss
 from baselines.mlm_mvm.pretrain import streams
 from harness.cohort import ImageView, TrainingData
-from harness.methods import PretrainRequest, capabilities
-from harness.preprocess import to_model_input
+from harness.encoders import PretrainRequest, capabilities
+from harness.encoders.preprocess import to_model_input
 
 REPORTS = ["no acute cardiopulmonary process.", "mild cardiomegaly without edema.",
            "small left pleural effusion with basilar atelectasis.", "right upper lobe consolidation."]

@@ -16,8 +16,8 @@ from baselines.common.train import load_checkpoint
 from baselines.moco import MoCoMethod
 from baselines.moco.model import MoCo
 from harness.cohort import ImageView, TrainingData
-from harness.methods import PretrainRequest, capabilities
-from harness.preprocess import to_model_input
+from harness.encoders import PretrainRequest, capabilities
+from harness.encoders.preprocess import to_model_input
 
 
 def tiny_backbone() -> CnnBackbone:

@@ -19,8 +19,8 @@ from baselines.msn_ehr.losses import MSNLoss, me_max, sinkhorn
 from baselines.msn_ehr.model import MSN, build_vit, masked_cls, random_token_keep
 from harness.cohort import ImageView, TrainingData
 from harness.data.schema import DataError
-from harness.methods import PretrainRequest, capabilities
-from harness.preprocess import to_model_input
+from harness.encoders import PretrainRequest, capabilities
+from harness.encoders.preprocess import to_model_input
 
 torch.set_num_threads(1)
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.leaderboard import render_all
-from harness.pictures import efficiency_points, label_efficiency_png, regeneration_grid_png
+from harness.reporting.leaderboard import render_all
+from harness.reporting.pictures import efficiency_points, label_efficiency_png, regeneration_grid_png
 from harness.results import write_record
 from tests.test_results import make_record
 

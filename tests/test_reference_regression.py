@@ -2,14 +2,14 @@
 
 A change that moves a suite mean by more than its tolerance (derived from the measured
 seed-to-seed spread, stored in the file) fails here until the reference is regenerated on
-purpose: ``python -m harness regress --regenerate-reference`` (see harness/reference.py).
+purpose: ``python -m harness regress --regenerate-reference`` (see harness/reporting/reference.py).
 """
 
 import pytest
 import yaml
 
-from harness.reference import REFERENCE, load_suite, run_suite, suite_world
-from harness.regress import load_reference, run_regress
+from harness.reporting.reference import REFERENCE, load_suite, run_suite, suite_world
+from harness.reporting.regress import load_reference, run_regress
 
 
 def test_reference_file_is_synthetic_with_measured_tolerances():

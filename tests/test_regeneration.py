@@ -10,7 +10,7 @@ from test_imagetext_support import SIZE, RegionEncoder, context, make_records, t
 from torch import nn
 
 from harness import metrics
-from harness.methods import MethodCard, Preprocess, capabilities
+from harness.encoders import MethodCard, Preprocess, capabilities
 from harness.protocols import regeneration
 from harness.protocols.base import ProtocolError
 

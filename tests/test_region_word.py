@@ -20,8 +20,8 @@ from baselines.region_word.model import RegionWordModel
 from baselines.region_word.pretrain import is_itm_step, region_word_losses, total_loss
 from harness.cohort import ImageView, TrainingData
 from harness.data.schema import DataError
-from harness.methods import PretrainRequest, capabilities
-from harness.preprocess import to_model_input
+from harness.encoders import PretrainRequest, capabilities
+from harness.encoders.preprocess import to_model_input
 
 REPORTS = ["no acute cardiopulmonary process.", "mild cardiomegaly without edema.",
            "small left pleural effusion with basilar atelectasis.", "right upper lobe consolidation, pneumonia.",

@@ -6,7 +6,7 @@ import yaml
 
 from harness import metrics
 from harness.cli import main
-from harness.regress import PUBLISHED, RegressError, compare, load_reference, paired_difference, run_regress
+from harness.reporting.regress import PUBLISHED, RegressError, compare, load_reference, paired_difference, run_regress
 from harness.results import write_record
 from tests.test_results import make_record
 

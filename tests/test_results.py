@@ -55,11 +55,12 @@ def test_killed_writer_leaves_no_partial_record(tmp_path):
 import sys, time
 sys.path.insert(0, {str(os.getcwd())!r})
 import harness.results as r
+import harness.storage as storage
 from tests.test_results import make_record
-orig = r.os.fsync
+orig = storage.os.fsync
 def slow(fd):
     print("writing", flush=True); time.sleep(30); orig(fd)
-r.os.fsync = slow
+storage.os.fsync = slow
 r.write_record({str(tmp_path)!r}, make_record(1, config={{"pad": "x" * 5_000_000}}))
 """
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -139,7 +140,7 @@ def test_data_fingerprint_names_the_data_only():
 
 
 def test_a_run_records_its_world(tmp_path, corpus_world):
-    from harness.runner import RunRequest, execute
+    from harness.dispatch.runner import RunRequest, execute
     from harness.synth import MARKER
 
     mock = execute(RunRequest(method="random", task="mock", profile="smoke", results_dir=str(tmp_path),

@@ -74,7 +74,7 @@ def _flip_bytes(path: Path) -> None:
 
 def test_corrupted_pretraining_cache_is_not_trusted(tmp_path, caplog):
     """One cache damaged three ways in turn; each rerun retrains (or resumes) to the same weights."""
-    from harness.runner import _file_sha256
+    from harness.dispatch.runner import _file_sha256
 
     with harness_cache(tmp_path / "cache") as cache:
         first = run_here("moco", tmp_path / "r0")
@@ -140,11 +140,12 @@ def test_damaged_mock_data_is_rewritten(damage, tmp_path):
 
 @pytest.mark.parametrize("name", ["weights.safetensors", "weights.pt", "weights.bin", "weights"])
 def test_a_code_running_pickle_never_runs_whatever_its_name(name, tmp_path):
-    """The format is read from the bytes first (harness.weights_format); a pickle is only ever handed to
+    """The format is read from the bytes first (harness.encoders.weights); a pickle is only ever handed to
     torch.load(weights_only=True), and under a .safetensors name not even that."""
     import pickle
 
-    from harness.adapters import SubmissionError, load_state_dict
+    from harness.encoders.errors import SubmissionError
+    from harness.encoders.weights import load_state_dict
 
     marker = tmp_path / "pwned"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from slurm_fixture import SingleNodeSlurm, SlurmUnavailable
 
-from harness import dispatch
+from harness.dispatch import executors
 from tests import test_dispatch
 
 pytestmark = pytest.mark.slurm
@@ -78,7 +78,7 @@ def test_slurm_options_become_sbatch_lines(slurm, tmp_path):
     config.write_text(test_dispatch.SLURM_YAML)
     args = test_dispatch._args("--executor", "slurm", "--slurm-config", str(config), *test_dispatch.SLURM_ARGV,
                                "--logs", str(tmp_path / "logs"))
-    executor = dispatch.make_executor(args, dependency="afterok:42_0")
+    executor = executors.make_executor(args, dependency="afterok:42_0")
     text = executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
     lines = {line for line in text.splitlines() if line.startswith("#SBATCH")}
     for expected in ("--partition=gpu", "--account=lab", "--qos=high", "--gpus-per-node=2", "--mem=64GB",
@@ -86,5 +86,5 @@ def test_slurm_options_become_sbatch_lines(slurm, tmp_path):
                      "--reservation=ml", "--exclusive=user", "--dependency=afterok:42_0", "--nodes=1"):
         assert f"#SBATCH {expected}" in lines, (expected, sorted(lines))
     assert any(line.startswith("#SBATCH --signal=USR2@") for line in lines)  # preemption -> checkpoint
-    assert "export PYTHONPATH=" in text  # jobs can unpickle harness.dispatch.RunJob from this checkout
+    assert "export PYTHONPATH=" in text  # jobs can unpickle harness.dispatch.executors.RunJob from this checkout
     assert executor._executor.parameters["array_parallelism"] == 3

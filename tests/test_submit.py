@@ -13,19 +13,14 @@ from safetensors.torch import save_file
 from examples.my_encoder import MyEncoder, build
 from harness.catalog import METHODS
 from harness.cli import main
-from harness.leaderboard import render_all
-from harness.methods import MethodCard, Preprocess
-from harness.reference import suite_world
-from harness.runner import RunRequest, execute
-from harness.submit import (
-    SubmissionError,
-    capable_tasks,
-    check_encoder,
-    ensure_registered,
-    load_state_dict,
-    register_plugins,
-    submission_spec,
-)
+from harness.dispatch.runner import RunRequest, execute
+from harness.encoders import MethodCard, Preprocess
+from harness.encoders.check import check_encoder
+from harness.encoders.errors import SubmissionError
+from harness.encoders.submission import capable_tasks, ensure_registered, register_plugins, submission_spec
+from harness.encoders.weights import load_state_dict
+from harness.reporting.leaderboard import render_all
+from harness.reporting.reference import suite_world
 
 CAPABLE_HERE = ["mock", "mimic-cls", "mimic-cls-finetune", "mimic-mm-cls", "mimic-regen"]  # mimic-only world
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import dispatch, failures, sweep
+from harness.dispatch import executors, failures, sweep
 
 TASKS = Path(__file__).resolve().parent.parent / "tasks"
 
@@ -36,7 +36,7 @@ def _result_records(results: Path) -> list[Path]:
 def _args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     sweep.add_sweep_arguments(parser)
-    dispatch.add_executor_arguments(parser)
+    executors.add_executor_arguments(parser)
     return parser.parse_args(list(argv))
 
 
@@ -78,7 +78,7 @@ def test_sweep_reports_the_failing_cell_completes_the_others_then_skips(tmp_path
     assert Path(broken_log).exists() and "NoSuchLabel" in Path(broken_log).read_text()
     records = _result_records(tmp_path / "results")
     assert len(records) == 2
-    # the 4 failed cells have failure records beside the results (harness.failures), never taken for results
+    # the 4 failed cells have failure records beside the results (harness.dispatch.failures), never taken for results
     fails = {(f["method"], f["task"], f["seed"]): f for f in failures.load_failures(tmp_path / "results")}
     assert sorted(fails) == sorted([("random", "mock-broken", 0), ("random", "mock-broken", 1),
                                     ("nonexistent-method", "mock", None), ("nonexistent-method", "mock-broken", None)])
@@ -111,8 +111,9 @@ def test_the_data_root_is_resolved_only_for_tasks_that_need_one(tmp_path, capsys
 
 @needs_mock
 def test_skip_existing_computes_the_recorded_data_fingerprint(tmp_path, corpus_world):
+    from harness.dispatch.runner import RunRequest, execute
     from harness.results import data_fingerprint
-    from harness.runner import RunRequest, execute, get_task
+    from harness.tasks import get_task
 
     results = tmp_path / "results"
     for task in ("mock", "chexpert-ext"):  # a self-contained dataset; a task with an external test set

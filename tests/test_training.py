@@ -20,7 +20,7 @@ from baselines.common.data import AugmentConfig, ViewBatches, augment
 from baselines.common.sampling import StepSampler
 from baselines.common.seeding import rng_state, seed_all, set_rng_state
 from baselines.common.train import CHECKPOINT, FINAL, StepContext, TrainConfig, Trainer, load_checkpoint
-from harness.methods import Preprocess
+from harness.encoders import Preprocess
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -109,8 +109,8 @@ _SCRIPT = textwrap.dedent('''
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     images = np.random.default_rng(0).integers(0, 256, (20, 14, 14), dtype=np.uint8)
     sampler = StepSampler(len(images), 6, seed=7)
-    batches = ViewBatches(images, sampler, (AugmentConfig(),), __import__("harness.methods").methods.Preprocess(12, 1,
-                          (0.5,), (0.25,)))
+    batches = ViewBatches(images, sampler, (AugmentConfig(),),
+                          __import__("harness.encoders").encoders.Preprocess(12, 1, (0.5,), (0.25,)))
 
     def step_fn(model, batch, ctx):
         if ctx.step == kill_at:

@@ -5,7 +5,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from harness.wordpiece import learn_wordpiece_vocab
+from harness.text import learn_wordpiece_vocab
 
 CODE = """
 from baselines.common.text import train_wordpiece

@@ -24,7 +24,7 @@ Grey input. CXRs are one channel; each backbone takes ``in_chans``:
                        views (MSN focal crops) also work; ``in_chans`` passed to timm.
 =====================  ==========================================================
 
-The harness preprocessing (``harness.preprocess.to_model_input``) produces
+The harness preprocessing (``harness.encoders.preprocess.to_model_input``) produces
 exactly ``card.preprocess.channels`` channels, so the encoder card must say the
 backbone's ``in_chans``.
 """

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.methods import Preprocess
+from harness.encoders import Preprocess
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def augment(images: torch.Tensor, cfg: AugmentConfig, size: int, generator: torc
 
 
 def normalize(x: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
-    """``(B, 1, S, S)`` in [0, 1] -> ``(B, C, S, S)`` as ``harness.preprocess.to_model_input`` would give."""
+    """``(B, 1, S, S)`` in [0, 1] -> ``(B, C, S, S)`` as ``harness.encoders.preprocess.to_model_input`` would give."""
     if preprocess.channels == 3:
         x = x.expand(-1, 3, -1, -1)
     mean = torch.tensor(preprocess.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)

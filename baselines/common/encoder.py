@@ -1,6 +1,6 @@
 """``BackboneEncoder``: any ``Backbone`` as a harness image + region encoder.
 
-Implements ``harness.methods.ImageEncoder`` and ``RegionEncoder`` (and, being an
+Implements ``harness.encoders.ImageEncoder`` and ``RegionEncoder`` (and, being an
 ``nn.Module``, the ``trainable`` capability), so ``random``, ``imagenet`` and
 ``moco`` share one encoder and later methods can reuse it::
 
@@ -8,7 +8,7 @@ Implements ``harness.methods.ImageEncoder`` and ``RegionEncoder`` (and, being an
     encoder.encode_image(x)           # (B, D)
     encoder.encode_image_regions(x)   # (B, h*w, D), h, w = encoder.region_grid
 
-Inputs are what ``harness.preprocess.to_model_input(images, card.preprocess)``
+Inputs are what ``harness.encoders.preprocess.to_model_input(images, card.preprocess)``
 returns: ``(B, card.preprocess.channels, S, S)`` with ``S = image_size``.
 """
 
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from baselines.common.backbones import Backbone
-from harness.methods import IMAGENET_MEAN, IMAGENET_STD, MethodCard, Preprocess
+from harness.encoders import IMAGENET_MEAN, IMAGENET_STD, MethodCard, Preprocess
 
 # ImageNet statistics collapsed to one grey channel (mean of the RGB values), for 1-channel stems.
 GREY_IMAGENET_MEAN, GREY_IMAGENET_STD = (0.449,), (0.226,)

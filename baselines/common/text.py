@@ -109,7 +109,7 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, max_length: int, min_
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-    from harness.wordpiece import learn_wordpiece_vocab
+    from harness.text import learn_wordpiece_vocab
 
     texts = [t for t in texts if t]
     if not texts:

@@ -64,6 +64,7 @@ from torch import nn
 
 from baselines.common import distributed
 from baselines.common.seeding import rng_state, seed_all, set_rng_state, step_generator
+from harness.storage import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 FINAL = "final.pt"
@@ -146,14 +147,8 @@ def autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, then rename: never a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``torch.save`` through ``harness.storage.atomic_write``: never a half-written file."""
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -33,7 +33,7 @@ from baselines.imagenet.weights import (
     load_torchvision_resnet,
     torchvision_file,
 )
-from harness.methods import MethodCard, PretrainRequest
+from harness.encoders import MethodCard, PretrainRequest
 
 __all__ = ["ImageNetMethod", "ImageNetConfig", "WeightsUnavailable", "imagenet_backbone"]
 

@@ -32,7 +32,7 @@ from baselines.common.train import load_checkpoint
 from baselines.mlm_mvm.config import PROFILES, MLMMVMConfig
 from baselines.mlm_mvm.model import MLMMVMModel
 from baselines.mlm_mvm.pretrain import preprocess_for
-from harness.methods import MethodCard, PretrainRequest
+from harness.encoders import MethodCard, PretrainRequest
 
 __all__ = ["MLMMVMMethod", "MLMMVMConfig", "MLMMVMEncoder"]
 

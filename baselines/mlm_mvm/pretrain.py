@@ -35,7 +35,7 @@ from baselines.mlm_mvm.config import MLMMVMConfig
 from baselines.mlm_mvm.losses import multiscale_patch_mask
 from baselines.mlm_mvm.model import MLMMVMModel, total_loss
 from harness.data.schema import DataError
-from harness.methods import Preprocess, PretrainRequest
+from harness.encoders import Preprocess, PretrainRequest
 
 
 def preprocess_for(cfg: MLMMVMConfig) -> Preprocess:

@@ -23,7 +23,7 @@ from baselines.common.config import from_dict
 from baselines.common.encoder import BackboneEncoder, card_meta, imagenet_preprocess
 from baselines.common.train import load_checkpoint
 from baselines.moco.config import PROFILES, MoCoConfig
-from harness.methods import MethodCard, PretrainRequest
+from harness.encoders import MethodCard, PretrainRequest
 
 __all__ = ["MoCoMethod", "MoCoConfig"]
 

@@ -22,7 +22,7 @@ from baselines.common.seeding import seed_all
 from baselines.common.train import StepContext, TrainConfig, Trainer, step_decay
 from baselines.moco.config import MoCoConfig
 from baselines.moco.model import MoCo
-from harness.methods import PretrainRequest
+from harness.encoders import PretrainRequest
 
 
 def base_encoder(cfg: MoCoConfig) -> Backbone:

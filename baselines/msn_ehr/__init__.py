@@ -39,7 +39,7 @@ from baselines.msn_ehr.config import (
     build_config,
 )
 from baselines.msn_ehr.model import build_vit
-from harness.methods import MethodCard, PretrainRequest
+from harness.encoders import MethodCard, PretrainRequest
 
 __all__ = ["MSNMethod", "MSNEHRMethod", "MSNConfig", "MSNEHRConfig", "EHRConfig"]
 

@@ -33,7 +33,7 @@ from baselines.msn_ehr.losses import MSNLoss
 from baselines.msn_ehr.model import MSN, build_vit
 from harness.data.ehr import GROUPS, VIEWS, ehr_coverage, encode_ehr
 from harness.data.schema import DataError
-from harness.methods import PretrainRequest
+from harness.encoders import PretrainRequest
 
 log = logging.getLogger(__name__)
 

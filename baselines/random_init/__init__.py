@@ -22,7 +22,7 @@ from torch import nn
 from baselines.common.backbones import build_backbone
 from baselines.common.config import from_dict, to_dict
 from baselines.common.encoder import BackboneEncoder, imagenet_preprocess
-from harness.methods import MethodCard, PretrainRequest
+from harness.encoders import MethodCard, PretrainRequest
 
 PAPER = "harness design: untrained backbone with the libraries' default initialisation (the floor)"
 

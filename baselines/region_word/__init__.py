@@ -30,7 +30,7 @@ from baselines.common.text import TOKENIZER_FILE, TextTokenizer, pretrained_toke
 from baselines.common.train import load_checkpoint
 from baselines.region_word.config import PROFILES, RegionWordConfig
 from baselines.region_word.model import RegionWordModel
-from harness.methods import MethodCard, PretrainRequest
+from harness.encoders import MethodCard, PretrainRequest
 
 __all__ = ["RegionWordMethod", "RegionWordConfig", "RegionWordEncoder"]
 

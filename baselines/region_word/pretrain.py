@@ -52,7 +52,7 @@ from baselines.region_word import losses
 from baselines.region_word.config import RegionWordConfig
 from baselines.region_word.model import RegionWordModel, word_mask
 from harness.data.schema import DataError
-from harness.methods import PretrainRequest
+from harness.encoders import PretrainRequest
 
 
 def image_backbone(cfg: RegionWordConfig) -> Backbone:

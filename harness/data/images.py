@@ -66,17 +66,13 @@ import numpy as np
 from PIL import Image
 
 from harness.data.schema import DataError
-from harness.locking import file_lock
 from harness.progress import progress as progress_display
+from harness.storage import atomic_write, file_lock
+from harness.storage import cache_root as storage_root
 
 FORMAT_VERSION = 1
 CHECKPOINT_EVERY = 256  # images between header checkpoints of a build (resume granularity)
 POOL_WINDOW = 2048  # images handed to the worker pool at a time
-
-
-def cache_home() -> Path:
-    """``$HARNESS_CACHE`` or ``~/.cache/harness``: the root of every harness cache."""
-    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness")
 
 
 # --------------------------------------------------------------------------- decoding
@@ -252,13 +248,8 @@ def _read_valid_header(header_path: Path, pixels_path: Path, expected: dict) -> 
 
 
 def _write_header(header_path: Path, header: dict) -> None:
-    """Temp file + fsync + rename: readers see the old header or the new one, never a torn one."""
-    tmp = header_path.with_suffix(f".json.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(header, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, header_path)
+    """Atomically: readers see the old header or the new one, never a torn one."""
+    atomic_write(header_path, json.dumps(header).encode())
 
 
 # --------------------------------------------------------------------------- build
@@ -333,7 +324,7 @@ def image_store(paths: Sequence[str | Path], size: int, *, cache_root: Path | No
     paths = [str(p) for p in paths]
     n = len(paths)
     fp = fingerprint(paths, size)
-    root = Path(cache_root) if cache_root is not None else cache_home() / "images"
+    root = Path(cache_root) if cache_root is not None else storage_root() / "images"
     root.mkdir(parents=True, exist_ok=True)
     key = f"{fp[:32]}-s{size}"
     pixels_path, header_path = root / f"{key}.u8", root / f"{key}.json"

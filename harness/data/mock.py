@@ -25,13 +25,14 @@ import pandas as pd
 from PIL import Image
 
 from harness.data.schema import Records
+from harness.storage import cache_root
 
 LABELS = ("Square", "Bar")
 N_PATIENTS, IMAGES_PER_PATIENT, SIZE, VERSION = 48, 2, 32, 2
 
 
 def _root() -> Path:
-    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness")) / "mock" / f"v{VERSION}"
+    return cache_root() / "mock" / f"v{VERSION}"
 
 
 def _write(root: Path) -> None:
@@ -84,7 +85,7 @@ def _problem(root: Path) -> str:
 
 def _ensure(root: Path) -> None:
     """Write the mock data unless a valid copy is there; rewrite a damaged copy."""
-    from harness.locking import file_lock
+    from harness.storage import file_lock
 
     if not _problem(root):
         return

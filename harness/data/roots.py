@@ -35,11 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.data.schema import DataError, DataSource
-from harness.locking import file_lock
+from harness.storage import cache_root, file_lock
 
 SOURCES = ("mimic-cxr-jpg", "mimic-cxr", "mimiciv", "chexpert", "nih14", "openi")
 ENV_DATA_ROOT = "HARNESS_DATA_ROOT"
-ENV_CACHE = "HARNESS_CACHE"
 ENV_SYNTH_SCALE = "HARNESS_SYNTH_SCALE"
 MARKER = "HARNESS_SYNTHETIC.json"
 DATASET_FOLDER = {"mimic-cxr": "mimic-cxr-jpg"}  # dataset (adapter) name -> the folder it needs
@@ -132,7 +131,7 @@ def _link_farm(sources: dict[str, Path], marker: Path | None, environ: Mapping[s
     """A root whose ``<source>`` entries link to the resolved folders (adapters take one root)."""
     resolved = {name: folder.resolve() for name, folder in sorted(sources.items()) if folder.exists()}
     key = hashlib.sha256(repr(sorted((k, str(v)) for k, v in resolved.items())).encode()).hexdigest()[:16]
-    farm = _cache(environ) / "roots" / key
+    farm = cache_root(environ) / "roots" / key
     farm.mkdir(parents=True, exist_ok=True)
     for name, target in resolved.items():
         link = farm / name
@@ -147,10 +146,6 @@ def _link_farm(sources: dict[str, Path], marker: Path | None, environ: Mapping[s
     else:
         (farm / MARKER).unlink(missing_ok=True)
     return farm
-
-
-def _cache(environ: Mapping[str, str]) -> Path:
-    return Path(environ.get(ENV_CACHE) or "~/.cache/harness").expanduser()
 
 
 def _calibration(calibration: str | None, environ: Mapping[str, str]) -> str:
@@ -185,7 +180,7 @@ def synthetic_cache_dir(seed: int, scale: float, environ: Mapping[str, str] | No
     from harness.synth.world import GENERATOR_VERSION
 
     environ = os.environ if environ is None else environ
-    cache = _cache(environ)
+    cache = cache_root(environ)
     calibration = _calibration(calibration, environ)
     try:
         digest = calibration_sha256(calibration)

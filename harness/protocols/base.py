@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from harness.cohort import TaskData
-from harness.methods import Preprocess
+from harness.encoders import Preprocess
 from harness.tasks import TaskSpec
 
 
@@ -21,7 +21,7 @@ class ProtocolError(RuntimeError):
 class EvalContext:
     task: TaskSpec
     data: TaskData
-    encoder: Any  # see harness.methods for the capability protocols
+    encoder: Any  # see harness.encoders.capabilities
     preprocess: Preprocess
     args: dict[str, Any]  # task.args_for(profile): the protocol's arguments
     fraction: float  # label fraction of the TRAINING split (nested by patient, see cohort.fraction_mask)

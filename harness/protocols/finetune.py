@@ -36,9 +36,9 @@ from torch import nn
 
 from harness import metrics
 from harness.cohort import SplitData, fraction_mask
+from harness.encoders import capabilities
+from harness.encoders.preprocess import to_model_input
 from harness.features import assert_unchanged, weights_sha256
-from harness.methods import capabilities
-from harness.preprocess import to_model_input
 from harness.protocols.args import Arg, ProtocolArgs
 from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
 from harness.protocols.linear_probe import CLASSIFICATION_METRICS, masked_bce, report

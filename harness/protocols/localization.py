@@ -1,7 +1,7 @@
 """Zero-shot phrase grounding: where does a finding's phrase land among the image regions?
 
 For encoders with the ``localization`` capability (region features and text in
-one joint space, ``harness.methods``). Nothing is trained.
+one joint space, ``harness.encoders.capabilities``). Nothing is trained.
 
 For every test image with a ground-truth box (``TaskData.extras["boxes"]``, a
 DataFrame ``image_id, label, x0, y0, x1, y1`` normalised to [0, 1], from the
@@ -46,8 +46,8 @@ import torch.nn.functional as F
 
 from harness import metrics
 from harness.data.schema import DataError
+from harness.encoders import capabilities
 from harness.features import assert_unchanged, extract_features, split_cache_key
-from harness.methods import capabilities
 from harness.protocols.args import Arg, ProtocolArgs
 from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
 from harness.protocols.retrieval import encode_texts

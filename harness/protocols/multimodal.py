@@ -64,13 +64,13 @@ from torch import nn
 
 from harness import metrics
 from harness.cohort import fraction_mask
+from harness.encoders import capabilities
+from harness.encoders.preprocess import to_model_input
 from harness.features import assert_unchanged, extract_features, split_cache_key
-from harness.methods import capabilities
-from harness.preprocess import to_model_input
 from harness.protocols.args import Arg, ProtocolArgs
 from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
 from harness.protocols.linear_probe import CLASSIFICATION_METRICS, report
-from harness.wordpiece import SPECIAL_TOKENS, learn_wordpiece_vocab
+from harness.text import SPECIAL_TOKENS, learn_wordpiece_vocab
 
 TEXT_COLUMN = "indication"  # the ONLY report text this protocol reads (see the module docstring)
 STATS_ROWS = 1024  # training images whose tokens set the standardisation (a sample: cheap at any scale)

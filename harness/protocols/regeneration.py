@@ -12,7 +12,7 @@ the encoder sees the image, so nothing of them can leak.
 Two ways to regenerate, so that every image encoder is comparable:
 
 - ``native``: encoders with the ``regeneration`` capability call
-  ``regenerate(masked_images, mask)`` (``harness.methods``).
+  ``regenerate(masked_images, mask)`` (``harness.encoders.capabilities``).
 - ``probe``: any other image encoder gets a *regeneration probe*
   (``RegenerationProbe``), a small convolutional decoder trained on the TRAIN
   split (the run's fraction of its patients) with the encoder frozen. Its input
@@ -62,9 +62,9 @@ from torch import nn
 
 from harness import metrics
 from harness.cohort import fraction_mask
+from harness.encoders import capabilities
+from harness.encoders.preprocess import from_model_input, to_model_input
 from harness.features import assert_unchanged
-from harness.methods import capabilities
-from harness.preprocess import from_model_input, to_model_input
 from harness.protocols.args import Arg, ProtocolArgs
 from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
 

@@ -16,7 +16,7 @@ nothing else.
 
 Failures: every failed cell is printed in the summary with its reason (one line for an
 expected mistake; an unexpected error's type and message, its traceback in the log) and
-gets a JSON failure record under ``<results>/failed/`` (``harness.failures``), which the
+gets a JSON failure record under ``<results>/failed/`` (``harness.dispatch.failures``), which the
 leaderboard and ``regress`` never read; the exit code is 1. Cells refused while planning
 (an unknown method or task, a bad ``--set``) are failed cells too, standing for all their
 fractions and seeds. A method that lacks a capability a task requires is different: the
@@ -42,11 +42,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness import dispatch, failures
 from harness.config import config_hash
-from harness.failures import Failure
-from harness.runner import RunError, RunRequest, add_pretrain_on_argument
-from harness.tasks import TaskSpecError
+from harness.dispatch import executors, failures
+from harness.dispatch.failures import Failure
+from harness.dispatch.runner import RunError, RunRequest, add_pretrain_on_argument
+from harness.tasks import TaskSpecError, get_task
 
 STATUSES = ("done", "failed", "skipped")
 
@@ -62,7 +62,7 @@ def _list(values: list[str] | None, kind: type, option: str) -> list | None:
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``harness sweep`` options; add the executor options with ``dispatch.add_executor_arguments``."""
+    """The ``harness sweep`` options; add the executor options with ``executors.add_executor_arguments``."""
     parser.add_argument("--methods", nargs="+", required=True, help="method names (spaces or commas)")
     parser.add_argument("--tasks", nargs="+", required=True, help="task names (spaces or commas)")
     parser.add_argument("--fractions", nargs="+", default=None,
@@ -71,7 +71,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=("smoke", "small", "paper"), default=None,
                         help="default: small on synthetic data, paper on real data")
     parser.add_argument("--skip-existing", action=argparse.BooleanOptionalAction, default=True,
-                        help="skip runs whose record exists (see `harness.sweep` for the criterion)")
+                        help="skip runs whose record exists (see `harness.dispatch.sweep` for the criterion)")
     add_pretrain_on_argument(parser)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set",
                         help="method config override for every run, e.g. --set epochs=5 (repeatable)")
@@ -89,9 +89,9 @@ class Cell:
     status: str = "pending"  # pending | done | failed | skipped
     detail: str = ""  # record path, or the existing record that made it skip
     log: str = ""
-    error: str = ""  # when failed: the reason (harness.failures.Failure.summary)
+    error: str = ""  # when failed: the reason (harness.dispatch.failures.Failure.summary)
     group: str = ""  # pretraining group key
-    failure: Any = None  # harness.failures.Failure, when failed
+    failure: Any = None  # harness.dispatch.failures.Failure, when failed
     stage: str = "run"  # where it failed: plan (refused before expansion), pretrain or run
     failure_record: Any = None  # its JSON record under the results directory (Path), once written
     job_id: str = ""
@@ -147,10 +147,10 @@ def _data_fingerprint(task: Any, data_root: str | None) -> str | None:
     """
     import hashlib
 
-    from harness import runner
     from harness.catalog import DATASETS
     from harness.data.roots import resolve_data_root
     from harness.data.schema import DataError
+    from harness.dispatch import runner
     from harness.results import data_fingerprint
 
     try:
@@ -191,8 +191,8 @@ def _data_sources(data_root: str | None) -> Any:
 
 def plan_sweep(args: argparse.Namespace) -> Plan:
     """Expand the grid; mark skipped and unrunnable cells; group the rest by pretraining."""
-    from harness import runner
     from harness.data.schema import DataError
+    from harness.dispatch import runner
 
     source_of = _data_sources(args.data_root)
     existing = _existing(args.results) if args.skip_existing else {}
@@ -207,7 +207,7 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
                               results_dir=args.results, overrides=list(args.set or []), progress=False,
                               tasks_dir=args.tasks_dir, pretrain_on=args.pretrain_on)
             try:  # refusals that need no data: unknown names, bad profile, bad --set
-                task = runner.get_task(task_name, args.tasks_dir)
+                task = get_task(task_name, args.tasks_dir)
                 method = runner.load_method(method_name)
                 data_source = source_of(task)
                 profile = args.profile or ("small" if data_source == "synthetic" else "paper")
@@ -222,7 +222,7 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
                 failure = Failure.from_exception(exc)
                 plan.cells.append(Cell(base, status="failed", error=failure.summary(), failure=failure, stage="plan"))
                 continue
-            why = dispatch.capability_refusal(method, task)
+            why = executors.capability_refusal(method, task)
             if why:
                 incapable.append(why)
                 continue
@@ -248,7 +248,7 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
     return plan
 
 
-def _finish(cell: Cell, outcome: dispatch.JobOutcome) -> None:
+def _finish(cell: Cell, outcome: executors.JobOutcome) -> None:
     cell.status = outcome.status
     cell.detail = str(outcome.record_path or "")
     cell.log = str(outcome.stderr or "")
@@ -257,7 +257,7 @@ def _finish(cell: Cell, outcome: dispatch.JobOutcome) -> None:
     cell.job_id = outcome.job_id
 
 
-def _pretraining_failed(cell: Cell, outcome: dispatch.JobOutcome) -> None:
+def _pretraining_failed(cell: Cell, outcome: executors.JobOutcome) -> None:
     cell.status, cell.log, cell.stage, cell.job_id = "failed", str(outcome.stderr or ""), "pretrain", outcome.job_id
     cell.failure = dataclasses.replace(outcome.failure,
                                        reason=f"its pretraining job failed: {outcome.failure.reason}")
@@ -265,7 +265,7 @@ def _pretraining_failed(cell: Cell, outcome: dispatch.JobOutcome) -> None:
 
 
 def record_failures(cells: list[Cell]) -> None:
-    """Each failed cell gets its failure record (``harness.failures``); a done one loses a stale one."""
+    """Each failed cell gets its failure record (``harness.dispatch.failures``); a done one loses a stale one."""
     for cell in cells:
         if cell.status == "done":
             failures.clear_failure(cell.request)
@@ -278,40 +278,40 @@ def record_failures(cells: list[Cell]) -> None:
 def _run_stages(plan: Plan, args: argparse.Namespace) -> None:
     """Pretraining array, then evaluations (Slurm: afterok dependencies; else after the stage)."""
     keys = list(plan.groups)
-    pre_exec = dispatch.make_executor(args)
-    pre_calls = [dispatch.RunJob(plan.groups[k], stage="pretrain") for k in keys]
+    pre_exec = executors.make_executor(args)
+    pre_calls = [executors.RunJob(plan.groups[k], stage="pretrain") for k in keys]
     pending = {k: [c for c in plan.cells if c.status == "pending" and c.group == k] for k in keys}
     if args.executor == "slurm":
-        pre_jobs = dispatch.submit(pre_exec, pre_calls)
+        pre_jobs = executors.submit(pre_exec, pre_calls)
         eval_jobs: dict[str, list] = {}
         for key, job in zip(keys, pre_jobs, strict=True):
-            ex = dispatch.make_executor(args, tasks_per_node=1, dependency=f"afterok:{job.job_id}")
-            eval_jobs[key] = dispatch.submit(ex, [dispatch.RunJob(c.request) for c in pending[key]])
-        dispatch.wait_for(pre_jobs, desc="pretraining")
+            ex = executors.make_executor(args, tasks_per_node=1, dependency=f"afterok:{job.job_id}")
+            eval_jobs[key] = executors.submit(ex, [executors.RunJob(c.request) for c in pending[key]])
+        executors.wait_for(pre_jobs, desc="pretraining")
         for key, job in zip(keys, pre_jobs, strict=True):
-            pre = dispatch.outcome_of(job, plan.groups[key], stage="pretrain")
+            pre = executors.outcome_of(job, plan.groups[key], stage="pretrain")
             if pre.status == "failed":  # afterok never fires: cancel rather than wait forever
                 for cell, ejob in zip(pending[key], eval_jobs.pop(key), strict=True):
                     ejob.cancel(check=False)
                     _pretraining_failed(cell, pre)
         flat = [(c, j) for k, jobs in eval_jobs.items() for c, j in zip(pending[k], jobs, strict=True)]
-        dispatch.wait_for([j for _, j in flat], desc="evaluations")
+        executors.wait_for([j for _, j in flat], desc="evaluations")
         for cell, job in flat:
-            _finish(cell, dispatch.outcome_of(job, cell.request))
+            _finish(cell, executors.outcome_of(job, cell.request))
         return
-    pre_jobs = dispatch.run_jobs(pre_exec, pre_calls, args, desc="pretraining")
+    pre_jobs = executors.run_jobs(pre_exec, pre_calls, args, desc="pretraining")
     runnable: list[Cell] = []
     for key, job in zip(keys, pre_jobs, strict=True):
-        pre = dispatch.outcome_of(job, plan.groups[key], stage="pretrain")
+        pre = executors.outcome_of(job, plan.groups[key], stage="pretrain")
         for cell in pending[key]:
             if pre.status == "failed":
                 _pretraining_failed(cell, pre)
             else:
                 runnable.append(cell)
-    eval_exec = dispatch.make_executor(args, tasks_per_node=1)
-    jobs = dispatch.run_jobs(eval_exec, [dispatch.RunJob(c.request) for c in runnable], args, desc="evaluations")
+    eval_exec = executors.make_executor(args, tasks_per_node=1)
+    jobs = executors.run_jobs(eval_exec, [executors.RunJob(c.request) for c in runnable], args, desc="evaluations")
     for cell, job in zip(runnable, jobs, strict=True):
-        _finish(cell, dispatch.outcome_of(job, cell.request))
+        _finish(cell, executors.outcome_of(job, cell.request))
 
 
 def summary(cells: list[Cell]) -> str:

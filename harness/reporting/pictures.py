@@ -7,7 +7,7 @@
   ``--save-predictions`` npz of a regeneration run (``harness.protocols.regeneration``
   saves ``original``, ``masked_p{p}``, ``regenerated_p{p}`` as ``(n, S, S)`` uint8).
 
-``harness.leaderboard.render_all`` writes them next to each task's markdown and links
+``harness.reporting.leaderboard.render_all`` writes them next to each task's markdown and links
 them from it. Synthetic pictures say so in their title, as every synthetic table does.
 """
 

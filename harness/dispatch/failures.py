@@ -54,14 +54,14 @@ _SAFE = re.compile(r"[^A-Za-z0-9.+_-]")
 
 def expected_types() -> tuple[type[BaseException], ...]:
     """The exception types of expected mistakes (the CLI's one-line errors, and protocol refusals)."""
-    from harness.adapters import SubmissionError
     from harness.data.schema import DataError
-    from harness.dispatch import DispatchError
+    from harness.dispatch.executors import DispatchError
+    from harness.dispatch.runner import RunError
+    from harness.encoders.errors import SubmissionError
     from harness.features import EncoderChangedError
     from harness.protocols.base import ProtocolError
     from harness.registry import UnknownNameError
-    from harness.regress import RegressError
-    from harness.runner import RunError
+    from harness.reporting.regress import RegressError
     from harness.tasks import TaskSpecError
 
     return (UnknownNameError, TaskSpecError, DataError, OSError, RegressError, SubmissionError, RunError,
@@ -109,7 +109,7 @@ class Failure:
     def from_job_text(cls, text: str) -> Failure:
         """The failure of a job known only by submitit's error text (the worker's traceback, or why it has none).
 
-        Used when the worker left no failure of its own (``harness.dispatch``): a job killed
+        Used when the worker left no failure of its own (``harness.dispatch.executors``): a job killed
         by Slurm (time limit, memory) or one that died before the harness ran.
         """
         lines = [line.rstrip() for line in str(text).splitlines()]
@@ -178,7 +178,7 @@ def write_failure(request: Any, failure: Failure, *, stage: str = "run", job_id:
     """Write the failure record of ``request`` atomically (see the module docstring for its fields).
 
     Args:
-        request: the ``harness.runner.RunRequest`` that failed (its ``results_dir`` holds the record).
+        request: the ``harness.dispatch.runner.RunRequest`` that failed (its ``results_dir`` holds the record).
         failure: why; its reason and traceback are redacted (``redact``) before writing.
         stage: ``run``, ``pretrain`` (its pretraining job failed) or ``plan`` (refused while planning).
         job_id: the submitit job, when there was one.
@@ -192,7 +192,7 @@ def write_failure(request: Any, failure: Failure, *, stage: str = "run", job_id:
     import logging
 
     import harness
-    from harness.results import ResultsError, _atomic_write
+    from harness.results import ResultsError, write_file
 
     path = failure_path(request, expanded)
     rec = {"status": "failed", "method": request.method, "task": request.task,
@@ -205,7 +205,7 @@ def write_failure(request: Any, failure: Failure, *, stage: str = "run", job_id:
         rec["traceback"] = redact(failure.traceback)
     data = json.dumps(rec, indent=2, sort_keys=True).encode()
     try:
-        _atomic_write(path, lambda fh: fh.write(data), ".tmp")
+        write_file(path, data)
     except ResultsError as exc:
         logging.getLogger("harness").warning("failure record not written: %s", exc)
         return None

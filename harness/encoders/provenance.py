@@ -1,7 +1,7 @@
 """What a submission says it was pretrained on: ``DATASET:SPLIT`` values, checked.
 
 The leaderboard flags a row whose pretraining data overlaps the task's evaluation data
-(``harness.leaderboard.leakage``: the same dataset as the task's evaluation dataset, with
+(``harness.reporting.leaderboard.leakage``: the same dataset as the task's evaluation dataset, with
 split ``test``, ``val`` or ``all``, or no split). A typo there (``mimc-cxr:test``,
 ``mimic-cxr:tset``) would silently miss the flag, so every value given with
 ``--pretraining-data`` or in a submitted card's ``pretraining_data`` must be one of:
@@ -19,7 +19,7 @@ are refused with the harness name, because the flag compares names exactly.
 
 from __future__ import annotations
 
-from harness.adapters import SubmissionError
+from harness.encoders.errors import SubmissionError
 
 SPLITS = ("train", "val", "test", "all")
 UNKNOWN = "unknown"

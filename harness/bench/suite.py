@@ -57,6 +57,8 @@ from typing import Any
 
 import numpy as np
 
+from harness.storage import REPOSITORY
+
 # --------------------------------------------------------------------------- profiles
 
 
@@ -279,7 +281,7 @@ def machine() -> dict[str, Any]:
 
 def _encoder(method_profile: str, **overrides: Any) -> Any:
     """The ``random`` method's encoder (untrained; speed does not depend on the weights)."""
-    from harness.runner import load_method
+    from harness.dispatch.runner import load_method
 
     method = load_method("random")
     return method.load(None, {**method.profiles[method_profile], **overrides})
@@ -292,8 +294,8 @@ def bench_extraction(profile: BenchProfile, work: Path) -> tuple[Figure, str]:
     """P1: ``extract_features`` with a cold cache vs ``encode_image`` on pre-made tensors."""
     import torch
 
+    from harness.encoders.preprocess import to_model_input
     from harness.features import extract_features
-    from harness.preprocess import to_model_input
 
     encoder = _encoder(profile.method_profile)
     pp, batch = encoder.card.preprocess, 64
@@ -338,7 +340,7 @@ def naive_probe(encoder: Any, data: dict[str, tuple[np.ndarray, np.ndarray]], ep
     import torch
 
     from harness import metrics
-    from harness.preprocess import to_model_input
+    from harness.encoders.preprocess import to_model_input
 
     torch.manual_seed(seed)
     pp = encoder.card.preprocess
@@ -496,7 +498,7 @@ def bench_records(profile: BenchProfile, work: Path) -> tuple[Figure, str]:
     """P4: ``mimic-cxr`` records of a MIMIC-sized layout, timed and measured in a child process."""
     root = work / "p4-mimic"
     counts = write_mimic_tables(root, scale=profile.p4_scale)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPOSITORY),
                                                          os.environ.get("PYTHONPATH", "")])}
     t = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", _CHILD, str(root)], capture_output=True, text=True, env=env,
@@ -539,7 +541,7 @@ def _env(name: str, value: str) -> Iterator[None]:
 def _suite_grid(profile: BenchProfile) -> tuple[list[str], dict[str, str], list[Any]]:
     """(methods that load, {method: why not} for those that do not, task specs)."""
     from harness.catalog import METHODS
-    from harness.runner import load_method
+    from harness.dispatch.runner import load_method
     from harness.tasks import load_task, task_files
 
     methods, unavailable = [], {}
@@ -559,7 +561,7 @@ SYNTH_SOURCE = {"mimic-cxr": "mimic", "chexpert": "chexpert", "nih14": "nih14", 
 
 def _suite_runs(profile: BenchProfile, work: Path, methods: list[str], tasks: list[Any]) -> list[dict[str, Any]]:
     from harness.data.schema import DataError
-    from harness.runner import RunError, RunRequest, execute
+    from harness.dispatch.runner import RunError, RunRequest, execute
 
     rows = []
     for method in methods:

@@ -15,14 +15,14 @@ Requeue and resume: ``RunJob`` is a ``submitit.helpers.Checkpointable``. On
 preemption or timeout submitit calls ``RunJob.checkpoint`` and requeues the returned
 submission (the same request). Nothing needs pickling beyond the request because the
 state lives on disk: pretraining resumes from ``checkpoint.pt`` in its pretraining
-workdir (``harness.runner.pretrained_checkpoint``), and a finished pretraining is a
+workdir (``harness.dispatch.runner.pretrained_checkpoint``), and a finished pretraining is a
 cache hit.
 
-Failures: a failed job's ``JobOutcome`` carries a ``harness.failures.Failure`` (the one-line
+Failures: a failed job's ``JobOutcome`` carries a ``harness.dispatch.failures.Failure`` (the one-line
 reason of an expected mistake; an unexpected error's type, message and traceback), taken from
 the exception in debug jobs, from what the worker left next to its logs in other processes
 (submitit returns only traceback text), else from that text; ``dispatch_runs`` writes a
-failure record for it (``harness.failures``). A request whose method lacks a capability its
+failure record for it (``harness.dispatch.failures``). A request whose method lacks a capability its
 task requires is refused before any job.
 
 Several tasks per node (``--tasks-per-node N``) run pretraining under torch.distributed:
@@ -49,7 +49,9 @@ from typing import Any
 import submitit
 import yaml
 
-from harness.runner import RunOutcome, RunRequest
+from harness.dispatch.runner import RunOutcome, RunRequest
+from harness.storage import REPOSITORY
+from harness.tasks import get_task
 
 log = logging.getLogger("harness")
 
@@ -150,8 +152,8 @@ def resolved_options(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- executors
 
 def _pythonpath_setup() -> list[str]:
-    """Jobs unpickle ``harness.dispatch.RunJob``: put this checkout on their path (installed or not)."""
-    root = Path(__file__).resolve().parent.parent
+    """Jobs unpickle ``harness.dispatch.executors.RunJob``: put this checkout on their path (installed or not)."""
+    root = REPOSITORY
     return [f'export PYTHONPATH="{root}${{PYTHONPATH:+:$PYTHONPATH}}"']
 
 
@@ -240,12 +242,12 @@ def _join_process_group(device: str) -> bool:
 
 
 class RunJob(submitit.helpers.Checkpointable):
-    """The submitit callable for one run: ``harness.runner.execute`` (or its pretraining half).
+    """The submitit callable for one run: ``harness.dispatch.runner.execute`` (or its pretraining half).
 
     Args:
         request: the run.
         stage: ``"run"`` (pretrain if needed, evaluate, write the record) or ``"pretrain"``
-            (``harness.runner.pretrain_only``: fill the pretraining cache only).
+            (``harness.dispatch.runner.pretrain_only``: fill the pretraining cache only).
 
     Returns (when called) the ``RunOutcome`` for ``"run"``, the checkpoint path (or None)
     for ``"pretrain"``; ranks other than 0 of a distributed job return None.
@@ -266,7 +268,7 @@ class RunJob(submitit.helpers.Checkpointable):
             raise
 
     def _run(self) -> RunOutcome | Path | None:
-        from harness import runner
+        from harness.dispatch import runner
 
         distributed = _join_process_group(self.request.device)
         try:
@@ -320,7 +322,7 @@ def _leave_failure(exc: BaseException) -> None:
     Outside a job (or where the folder cannot be written) nothing is left; the parent then
     reads the traceback text (``Failure.from_job_text``).
     """
-    from harness.failures import Failure
+    from harness.dispatch.failures import Failure
 
     try:
         path = _failure_file(submitit.JobEnvironment().paths)
@@ -332,9 +334,9 @@ def _leave_failure(exc: BaseException) -> None:
 
 
 def job_failure(job: submitit.Job, exc: BaseException) -> Any:
-    """The ``harness.failures.Failure`` of a failed job: from the exception itself (debug jobs ran
+    """The ``harness.dispatch.failures.Failure`` of a failed job: from the exception itself (debug jobs ran
     here), else from what its worker left, else from submitit's error text."""
-    from harness.failures import Failure
+    from harness.dispatch.failures import Failure
 
     if _is_debug(job) and not isinstance(exc, submitit.core.utils.FailedJobError | submitit.core.utils
                                          .UncompletedJobError):
@@ -373,10 +375,10 @@ class JobOutcome:
     record_path: Path | None = None  # the result record (runs) or checkpoint (pretraining), when done
     stdout: Path | None = None
     stderr: Path | None = None
-    error: str = ""  # when failed: the reason (one line for an expected mistake; harness.failures)
+    error: str = ""  # when failed: the reason (one line for an expected mistake; harness.dispatch.failures)
     job_id: str = ""
     stage: str = "run"
-    failure: Any = None  # harness.failures.Failure, when failed
+    failure: Any = None  # harness.dispatch.failures.Failure, when failed
     failure_record: Path | None = None  # its JSON record under the results directory, once written
 
 
@@ -538,7 +540,7 @@ def dispatch_runs(requests: Sequence[RunRequest], args: argparse.Namespace) -> l
     """Run each request as a submitit job (an array for several) and wait for all of them.
 
     A failing run does not stop the others. Returns one ``JobOutcome`` per request, in order:
-    status, record path, log paths and, when failed, its ``harness.failures.Failure``, the reason
+    status, record path, log paths and, when failed, its ``harness.dispatch.failures.Failure``, the reason
     (``error``) and the failure record written for it (``record_outcome``).
 
     Raises:
@@ -564,14 +566,14 @@ def refuse_incapable(requests: Sequence[RunRequest]) -> None:
         RunError: one line naming each (method, task) and what is missing (also an unknown
             name's error, or a submission that cannot be registered, as ``harness run`` would).
     """
-    from harness import runner
+    from harness.dispatch import runner
 
     problems = []
     for method_name, task_name, tasks_dir, submission in dict.fromkeys(
             (r.method, r.task, r.tasks_dir, r.submission) for r in requests):
-        task = runner.get_task(task_name, tasks_dir)
+        task = get_task(task_name, tasks_dir)
         if submission:
-            from harness.submit import ensure_registered
+            from harness.encoders.submission import ensure_registered
 
             ensure_registered(method_name, submission)
         why = capability_refusal(runner.load_method(method_name), task)
@@ -582,8 +584,8 @@ def refuse_incapable(requests: Sequence[RunRequest]) -> None:
 
 
 def record_outcome(outcome: JobOutcome) -> None:
-    """A failed outcome gets its failure record (``harness.failures``), a done one loses a stale one."""
-    from harness import failures
+    """A failed outcome gets its failure record (``harness.dispatch.failures``), a done one loses a stale one."""
+    from harness.dispatch import failures
 
     if outcome.status == "done":
         failures.clear_failure(outcome.request)

@@ -27,14 +27,14 @@ ImageNet statistics at 224 px for timm/torchvision, torchxrayvision's
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import pickle
-import re
 from pathlib import Path
 from typing import Any
 
-from harness.methods import IMAGENET_MEAN, IMAGENET_STD, MethodCard, Preprocess
+from harness.encoders import IMAGENET_MEAN, IMAGENET_STD, MethodCard, Preprocess
+from harness.encoders.errors import SubmissionError
+from harness.encoders.weights import describe_mismatches, load_state_dict, one_line, shape_mismatches
+from harness.storage import file_sha256
 
 # short --arch name -> (library, model name in that library)
 ARCHS = {
@@ -46,10 +46,6 @@ ARCHS = {
 LIBRARIES = ("timm", "torchvision", "torchxrayvision")
 ALIASES = {"xrv": "torchxrayvision"}
 _HEAD_PREFIXES = ("fc.", "head.", "classifier.", "heads.")
-
-
-class SubmissionError(ValueError):
-    """A submission that cannot be scored; the message says what to fix."""
 
 
 def is_adapter_spec(spec: str | None) -> bool:
@@ -68,145 +64,6 @@ def resolve_arch(arch: str) -> tuple[str, str]:
         return ALIASES.get(library, library), name
     raise SubmissionError(f"unknown --arch {arch!r}; known: {sorted(ARCHS)}, or timm:NAME / torchvision:NAME / "
                           "torchxrayvision:NAME")
-
-
-# ------------------------------------------------------------------------------------------ weights
-
-
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-
-
-def _refuse(path: Path, what: str, hint: str = "") -> SubmissionError:
-    return SubmissionError(f"weights file {path} is {what}" + (f"; {hint}" if hint else ""))
-
-
-def _check_format(path: Path) -> str:
-    """The loadable kind of ``path`` (``harness.weights_format``), or a SubmissionError saying what it is."""
-    from harness.weights_format import sniff
-
-    try:
-        found = sniff(path)
-    except OSError as exc:
-        raise SubmissionError(f"weights file {path} cannot be read: {exc.strerror or exc}") from None
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors" and not found.kind.startswith("safetensors"):
-        hint = "rename it to .pt (torch files load with weights_only=True)" if found.loadable else ""
-        raise _refuse(path, f"not a safetensors file: it is {found.what}", hint)
-    if suffix in TORCH_SUFFIXES and found.kind == "safetensors":
-        raise _refuse(path, f"a safetensors file, not the torch file its {suffix} name says",
-                      f"rename it to {path.with_suffix('.safetensors').name}")
-    if not found.loadable:
-        other_format = found.kind in ("torchscript", "npz", "npy", "zip", "hdf5")
-        raise _refuse(path, found.what, "save model.state_dict() with safetensors or torch.save" if other_format
-                      else "")
-    return found.kind
-
-
-def _torch_load(path: Path, kind: str) -> Any:
-    import warnings
-
-    import torch
-
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols: noise next to our one line
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except (EOFError, RuntimeError) as exc:
-        if isinstance(exc, RuntimeError) and "EOF" not in str(exc):  # torch words a cut file "unexpected EOF"
-            what = "pickle" if kind == "pickle" else "torch.save archive"
-            raise SubmissionError(f"weights file {path} is a damaged {what} ({one_line(exc)[:160]}); save it again"
-                                  ) from None
-        raise _refuse(path, f"{'a truncated pickle' if kind == 'pickle' else 'truncated'} (cut off in a copy or "
-                            "download?)") from None
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f"it pickles {found.group(1)}, so loading it would execute code" if found else \
-            "loading it would execute code"
-        raise SubmissionError(f"{path}: refused: not a plain tensor file: {what}. Save the weights with safetensors "
-                              "or torch.save(model.state_dict())") from None
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise SubmissionError(f"{path}: refused: not a plain tensor file ({one_line(exc)[:160]}). Save the weights "
-                              "with safetensors or torch.save(model.state_dict())") from None
-
-
-def _tensors_only(path: Path, state: Any) -> dict[str, Any]:
-    """``state`` (or its ``state_dict`` section) when every value is a tensor, else a SubmissionError."""
-    import torch
-
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise SubmissionError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
-    bad = next(((k, v) for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
-    if bad is not None:
-        sections = [str(k) for k, v in state.items() if isinstance(v, dict)]
-        hint = (f"; it looks like a training checkpoint with sections {sections[:4]}: save only the model's "
-                "state_dict()") if sections else ""
-        raise SubmissionError(f"{path}: expected a state dict of tensors; entry {str(bad[0])!r} is "
-                              f"{type(bad[1]).__name__}{hint}")
-    return state
-
-
-def load_state_dict(path: str | Path) -> dict[str, Any]:
-    """Tensors from a safetensors file, or a torch file loaded with ``weights_only=True``.
-
-    The format is read from the content (``harness.weights_format.sniff``), and must agree
-    with the extension: ``.safetensors`` holds safetensors, ``.pt``/``.pth``/``.bin``/``.ckpt``
-    torch (other names load by content).
-
-    Raises:
-        SubmissionError: one line naming the file and what it is: missing, a folder, empty,
-            truncated, another format than its name says (a torch zip named ``.safetensors``,
-            safetensors named ``.pt``), not weights at all (text, an HTML page, a Git LFS
-            pointer, TorchScript, NumPy, HDF5, gzip), a pickle that would execute code
-            (refused before any of it runs), or not a mapping of tensors.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise SubmissionError(f"weights file {path} is a folder; pass the weights file inside it (.safetensors, "
-                              ".pt, .pth or .bin)")
-    if not path.is_file():
-        raise SubmissionError(f"weights file {path} does not exist")
-    kind = _check_format(path)
-    if kind == "safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types; say it in one line
-            raise _refuse(path, f"a damaged safetensors file ({' '.join(str(exc).split())[:160]})") from None
-    return _tensors_only(path, _torch_load(path, kind))
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def one_line(exc: BaseException) -> str:
-    """``Type: message`` on one line (messages of libraries can span several)."""
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-
-
-def shape_mismatches(state: dict[str, Any], model_state: dict[str, Any]) -> list[tuple[str, tuple, tuple]]:
-    """(key, shape in the file, shape in the model) of every tensor both have, in other shapes, in model order."""
-    return [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in model_state.items()
-            if k in state and tuple(state[k].shape) != tuple(v.shape)]
-
-
-def describe_mismatches(mismatched: list[tuple[str, tuple, tuple]], show: int = 3) -> str:
-    """One line listing the first mismatched keys with both shapes, and the channel count when that is why."""
-    parts = [f"{k} is {f} in the file, {m} in the model" for k, f, m in mismatched[:show]]
-    more = f" (and {len(mismatched) - show} more)" if len(mismatched) > show else ""
-    text = f"{len(mismatched)} tensor(s) of another shape: " + "; ".join(parts) + more
-    channels = next(((f[1], m[1]) for _, f, m in mismatched if len(f) == 4 and len(m) == 4 and f[0] == m[0]
-                     and f[2:] == m[2:] and f[1] != m[1] and {f[1], m[1]} <= {1, 3}), None)
-    if channels is not None:  # the classic: grey (1-channel) weights for a 3-channel model, or the reverse
-        text += f"; the weights take {channels[0]}-channel images, the model {channels[1]}-channel"
-    return text
 
 
 # ------------------------------------------------------------------------------------------ builders

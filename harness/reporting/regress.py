@@ -53,8 +53,9 @@ import yaml
 from scipy import stats
 
 from harness.results import data_fingerprint, load_records, record_path
+from harness.storage import REPOSITORY
 
-PUBLISHED = Path(__file__).resolve().parent.parent / "leaderboards" / "published.yaml"
+PUBLISHED = REPOSITORY / "leaderboards" / "published.yaml"
 ENTRY_KEYS = {"paper", "id", "where", "method", "versus", "dataset", "task", "protocol", "fraction", "metric",
               "value", "unit", "kind", "evidence", "verified", "tolerance"}
 OPTIONAL_KEYS = {"profile", "note", "seed_std", "n_seeds"}

@@ -24,9 +24,9 @@ import harness
 from harness import results
 from harness.catalog import DATASETS, METHODS, PROTOCOLS
 from harness.config import PROFILES, config_hash, merge, parse_overrides
-from harness.locking import file_lock
-from harness.methods import PretrainRequest, capabilities, missing_capabilities
-from harness.tasks import TASKS_DIR, TaskSpec, load_task
+from harness.encoders import PretrainRequest, capabilities, missing_capabilities
+from harness.storage import file_lock
+from harness.tasks import TaskSpec, get_task
 
 log = logging.getLogger("harness")
 
@@ -53,7 +53,7 @@ class RunRequest:
     device: str = "auto"
     progress: bool = True
     tasks_dir: str | None = None
-    # a submitted encoder (harness.submit.submission_spec): re-registered in whatever process runs this
+    # a submitted encoder (harness.encoders.submission.submission_spec): re-registered in whatever process runs this
     submission: str | None = None
     # pretrain on this dataset's TRAINING split instead of the task's (--pretrain-on); None: the task's
     pretrain_on: str | None = None
@@ -89,17 +89,6 @@ def effective_pretrain_on(method: Any, task: TaskSpec, pretrain_on: str | None) 
 class RunOutcome:
     record: dict[str, Any]
     path: Path
-
-
-def get_task(name: str, tasks_dir: str | Path | None = None) -> TaskSpec:
-    directory = Path(tasks_dir) if tasks_dir else TASKS_DIR
-    path = directory / f"{name}.yaml"
-    if not path.exists():
-        from harness.registry import did_you_mean
-
-        names = sorted(p.stem for p in directory.glob("*.yaml"))
-        raise RunError(f"unknown task {name!r}{did_you_mean(name, names)}")
-    return load_task(path)
 
 
 def resolve_device(device: str) -> str:
@@ -347,7 +336,7 @@ def prepare(req: RunRequest) -> Prepared:
     task = get_task(req.task, req.tasks_dir)
     check_fraction(task, req.fraction)
     if req.submission:
-        from harness.submit import ensure_registered
+        from harness.encoders.submission import ensure_registered
 
         ensure_registered(req.method, req.submission)
     method = load_method(req.method)
@@ -393,7 +382,7 @@ def prepare(req: RunRequest) -> Prepared:
 def pretrain_only(req: RunRequest) -> Path | None:
     """The data + pretraining half of ``execute``: fills the pretraining cache, evaluates nothing.
 
-    ``harness.sweep`` runs this once per distinct pretraining before the evaluations that
+    ``harness.dispatch.sweep`` runs this once per distinct pretraining before the evaluations that
     share it. Returns the checkpoint (None for methods that do not pretrain). Resumable: a
     killed or requeued call trains on from the checkpoints in the pretraining workdir.
     """

@@ -8,7 +8,7 @@ subset, which both share. The paired difference per seed, its mean and a Student
 
     python -m harness compare --results results --task mimic-cls "msn-ehr" "msn"
 
-Rows are named as on the leaderboard (``harness.leaderboard.row_names``), within the
+Rows are named as on the leaderboard (``harness.reporting.leaderboard.row_names``), within the
 runs of one data (``harness.results.data_fingerprint``): runs on different data are never
 paired. The two rows are compared on each data both have (one table each, labelled with
 the data's fingerprint and world); two rows that share no data are refused with an error
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from harness.leaderboard import data_groups, row_names
+from harness.reporting.leaderboard import data_groups, row_names
 from harness.results import load_records, world_label
 
 

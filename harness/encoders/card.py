@@ -1,0 +1,30 @@
+"""``MethodCard``: what a leaderboard needs to know about a method or a submission.
+
+A card travels with every encoder (``encoder.card``) and into every result record
+(``method_card``): the paper (or "harness design", saying what is a harness choice),
+how images must be prepared (``Preprocess``), what data the weights saw in pretraining
+(so a leaderboard can flag pretraining on a task's evaluation data) and what the encoder
+it loads can do (checked against a task's ``requires`` before any work).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness.encoders.preprocess import Preprocess
+
+
+@dataclass(frozen=True)
+class MethodCard:
+    """What a leaderboard needs to know about a method or submission."""
+
+    name: str
+    paper: str  # citation or "harness design"; say what is a harness choice
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    # Datasets and splits seen in pretraining, as "dataset:split" (e.g. "mimic-cxr:train",
+    # "imagenet:train"). "{task}" means "the task's own dataset, training split".
+    pretraining_data: tuple[str, ...] = ()
+    # What the encoder it loads can do (checked against a task's requires before any work;
+    # the loaded encoder is checked again with capabilities()).
+    capabilities: tuple[str, ...] = ("image", "trainable")
+    notes: str = ""
