@@ -46,7 +46,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="default: small on synthetic data, paper on real data")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method config key (dotted, YAML value); repeatable")
-    from harness.dispatch.runner import add_pretrain_on_argument
+    from harness.dispatch.pretraining import add_pretrain_on_argument
 
     add_pretrain_on_argument(p)
     _add_common(p)
@@ -398,25 +398,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
-    from harness.dispatch.failures import expected_types
-
-    expected = expected_types()  # one list of expected mistakes: these print one line and exit 2
     handlers = {"run": cmd_run, "ls": cmd_ls, "validate": cmd_validate, "leaderboard": cmd_leaderboard,
-                "compare": cmd_compare,
-                "data": cmd_data, "regress": cmd_regress, "submit": cmd_submit}
+                "compare": cmd_compare, "data": cmd_data, "regress": cmd_regress, "submit": cmd_submit}
     if args.command == "sweep":
         from harness.dispatch import sweep
 
         handlers["sweep"] = sweep.run_sweep
     if args.command == "bench":
-        import harness.bench.suite as bench
+        from harness.bench import suite as bench
 
         handlers["bench"] = bench.cmd_bench
     try:
         return handlers[args.command](args)
-    except expected as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from harness.dispatch.failures import expected_types  # imported only when something went wrong
+
+        if isinstance(exc, expected_types()):  # an expected mistake: one line, exit 2; a bug keeps its traceback
+            print(f"harness: error: {exc}", file=sys.stderr)
+            return 2
+        raise

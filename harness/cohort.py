@@ -27,6 +27,7 @@ dataset named in the reason), which the run summary prints and the record stores
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from harness.data.images import ImageView
 from harness.data.schema import SPLITS, DataError, Records, count, leak_files, split_leaks, split_names
 from harness.tasks import LabelPolicy, SplitSpec, TaskSpec
 
@@ -69,6 +71,19 @@ def fraction_mask(patient_ids: pd.Series, fraction: float, seed: int) -> np.ndar
     order = uniq.iloc[np.argsort(_unit_hash(uniq, f"fraction-seed-{seed}"), kind="stable")]
     keep = set(order.iloc[: max(1, math.ceil(fraction * len(uniq)))])
     return patient_ids.astype(str).isin(keep).to_numpy()
+
+
+def label_fraction(data: TaskData, fraction: float, seed: int) -> TaskData:
+    """The task data with its TRAINING split restricted to the label fraction's patients.
+
+    The one place a label fraction is applied (the runner calls it once, before the protocol):
+    ``fraction_mask`` picks the patients, nested and seeded; validation and test stay whole.
+    Pretraining never sees this subset: it takes the whole training split (``training_data``).
+    """
+    if fraction == 1:
+        return data
+    keep = np.flatnonzero(fraction_mask(data.train.frame["patient_id"], fraction, seed))
+    return dataclasses.replace(data, train=data.train.subset(keep))
 
 
 def apply_label_policy(frame: pd.DataFrame, labels: tuple[str, ...], policy: LabelPolicy) -> np.ndarray:
@@ -129,36 +144,28 @@ def assign_splits(frame: pd.DataFrame, spec: SplitSpec, has_external_test: bool)
     return split
 
 
-class ImageView:
-    """Rows of a dataset's image store, indexable like a ``(N, S, S)`` uint8 array."""
-
-    def __init__(self, store, rows: np.ndarray) -> None:
-        self.store, self.rows = store, rows
-        self.size: int = store.size
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, idx) -> np.ndarray:
-        rows = self.rows[idx]
-        if np.ndim(rows) == 0:
-            return self.store[int(rows)]
-        order = np.argsort(rows, kind="stable")  # sorted reads are kinder to a memmap
-        out = self.store[rows[order]]
-        result = np.empty_like(out)
-        result[order] = out
-        return result
-
-
 @dataclass
 class SplitData:
+    """One split of a task: its rows, targets and images, aligned row by row."""
+
     name: str
     frame: pd.DataFrame  # this split's rows, index reset
     targets: np.ndarray  # (N, L) float32; NaN = ignored by the label policy
     images: ImageView  # (N, S, S) uint8 aligned with frame
+    # a label-fraction subset (``label_fraction``) remembers the whole split and its rows there, so that
+    # the whole split's features are extracted once and shared by every fraction (features.split_features)
+    whole: SplitData | None = None
+    rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.frame)
+
+    def subset(self, rows: np.ndarray) -> SplitData:
+        """The split restricted to ``rows`` (positions in this split), in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        whole, in_whole = (self, rows) if self.whole is None else (self.whole, self.rows[rows])
+        return SplitData(self.name, self.frame.iloc[rows].reset_index(drop=True), self.targets[rows],
+                         self.images.subset(rows), whole=whole, rows=in_whole)
 
 
 @dataclass
@@ -205,6 +212,16 @@ def _frame_hash(frame: pd.DataFrame, cols: list[str]) -> str:
     h = hashlib.sha256()
     h.update(pd.util.hash_pandas_object(frame[cols].astype(str), index=False).values.tobytes())
     return h.hexdigest()
+
+
+def dataset_fingerprint(records: Records, eval_records: Records | None = None) -> str:
+    """``TaskData.dataset_fingerprint``: sha256 over the fingerprints of the task's datasets' records.
+
+    Computed from the records alone (no image), so ``sweep --skip-existing`` can tell which data a
+    record was computed on without building the cohort.
+    """
+    fp = records.fingerprint() + (eval_records.fingerprint() if eval_records is not None else "")
+    return hashlib.sha256(fp.encode()).hexdigest()
 
 
 def build_task_data(task: TaskSpec, records: Records, image_size: int, *, eval_records: Records | None = None,
@@ -257,10 +274,9 @@ def build_task_data(task: TaskSpec, records: Records, image_size: int, *, eval_r
             raise DataError(f"task {task.name}: the {name!r} split is empty after the cohort filters")
         parts[name] = SplitData(name, frame[m].drop(columns="_task_split").reset_index(drop=True), targets[m],
                                 ImageView(store, rows[m]))
-    fp = records.fingerprint() + (eval_records.fingerprint() if eval_records is not None else "")
     return TaskData(
         task=task, label_names=task.labels, train=parts["train"], val=parts["val"], test=parts["test"],
-        data_source=records.data_source, dataset_fingerprint=hashlib.sha256(fp.encode()).hexdigest(),
+        data_source=records.data_source, dataset_fingerprint=dataset_fingerprint(records, eval_records),
         split_sha256=_frame_hash(frame, ["dataset", "image_id", "_task_split"]), image_size=image_size,
         skipped=skipped, images_fingerprint=str(getattr(store, "source_fingerprint", "")),
         extras=dict((eval_records or records).extras), warnings=warnings,

@@ -115,7 +115,8 @@ def split_cache_key(ctx: Any, split: str) -> dict[str, Any]:
     arguments (those reuse the same features).
     """
     data = ctx.data
-    frame = data.split(split).frame
+    part = data.split(split)
+    frame = (part.whole or part).frame  # a label-fraction subset shares its whole split's features
     rows = hashlib.sha256()
     for col in ("dataset", "image_id"):
         rows.update("\x1f".join(frame[col].astype(str)).encode())
@@ -303,6 +304,23 @@ def extract_features(encoder: Any, images: Any, preprocess: Preprocess, *, kind:
         box = getattr(_clock, "box", None)
         if box is not None:
             box[0] += time.perf_counter() - started
+
+
+def split_features(ctx: Any, split: str, *, kind: str = "global", batch_size: int = 64) -> np.ndarray:
+    """The cached features of one split of an ``EvalContext``: the one way protocols get them.
+
+    For a label-fraction subset (``cohort.label_fraction``) the whole split's features are
+    extracted (or loaded) under the whole split's key and the subset's rows taken, so every
+    fraction shares one extraction.
+
+    Returns:
+        float32 ``(N, D)`` (``kind="global"``) or ``(N, R, Dr)`` (``"regions"``), row ``i`` for the split's row ``i``.
+    """
+    part = ctx.data.split(split)
+    whole = part.whole or part
+    feats = extract_features(ctx.encoder, whole.images, ctx.preprocess, kind=kind, batch_size=batch_size,
+                             device=ctx.device, cache_key=split_cache_key(ctx, split), progress=ctx.progress)
+    return feats if part.whole is None else np.ascontiguousarray(feats[part.rows])
 
 
 def _cached(encoder: Any, images: Any, preprocess: Preprocess, *, kind: str, batch_size: int, device: str,

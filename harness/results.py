@@ -1,5 +1,10 @@
 """Result records: one JSON file per (method, weights, task, task version, fraction, seed, data).
 
+``ResultRecord`` is the record's one definition: its fields are the JSON's keys. The runner
+builds it with ``ResultRecord.of_run`` from what the run produced (the evaluation context,
+the protocol's result, ``RunInfo``), ``write_record`` stores it, and the leaderboards,
+``compare``, ``regress`` and ``sweep --skip-existing`` read only these files.
+
 Every record names the data it was computed on: ``dataset_fingerprint`` (ids, splits, views
 and labels of the task's datasets) and ``world`` (the synthetic world's identity from its
 marker: generator, generator version, seed, scale, calibration; ``"real"`` for real data;
@@ -21,6 +26,7 @@ import hashlib
 import json
 import platform
 import subprocess
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,125 @@ REQUIRED_KEYS = (
 )
 _PACKAGES = ("torch", "torchvision", "timm", "transformers", "tokenizers", "numpy", "pandas", "scikit-learn",
              "scipy", "submitit")
+
+
+@dataclass
+class RunInfo:
+    """What a run knows besides its evaluation: the method, its config and pretraining, timings."""
+
+    method: str  # the registered name (a baseline or a submission)
+    card: Any  # harness.encoders.MethodCard
+    config: dict[str, Any]  # the method's resolved config (profile + --set)
+    pretrain: dict[str, Any]  # cache_key, cache_hit, dataset (whose training split was offered)
+    world: dict[str, Any] | str  # harness.data.sources.data_world
+    started_at: str
+    wall_time_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class ResultRecord:
+    """One run's result record; ``to_dict()`` is what is written (see the module docstring)."""
+
+    method: str
+    method_card: dict[str, Any]  # paper, pretraining_data (the leakage flag's input)
+    capabilities: list[str]
+    task: str
+    task_version: int
+    dataset: str
+    eval_dataset: str
+    protocol: str
+    fraction: float
+    seed: int
+    profile: str
+    data_source: str
+    metrics: dict[str, float]
+    main_metric: str
+    ci: dict[str, list[float]]
+    config: dict[str, Any]  # method config, protocol args, label policy, labels, views, split
+    details: dict[str, Any]
+    n: dict[str, int]  # images per split as the protocol saw them (train: the label fraction's)
+    skipped: dict[str, int]  # reason -> rows or values removed (aggregate only)
+    warnings: dict[str, int]  # reason -> rows kept but suspicious (aggregate only)
+    pretrain: dict[str, Any]
+    harness_version: str
+    git_commit: str
+    packages: dict[str, str]
+    device: str
+    determinism: dict[str, Any]
+    started_at: str
+    wall_time_s: float
+    timings: dict[str, float]
+    split_sha256: str
+    weights_sha256: str
+    dataset_fingerprint: str  # with world: the data's identity, part of the file name (data_fingerprint)
+    world: dict[str, Any] | str
+
+    @classmethod
+    def of_run(cls, ctx: Any, result: Any, run: RunInfo) -> ResultRecord:
+        """The record of one evaluation: ``ctx`` an ``EvalContext``, ``result`` its ``ProtocolResult``."""
+        import harness
+        from harness.encoders import capabilities
+
+        task, data = ctx.task, ctx.data
+        return cls(
+            method=run.method,
+            method_card={"paper": run.card.paper, "pretraining_data": list(run.card.pretraining_data)},
+            capabilities=sorted(capabilities(ctx.encoder)),
+            task=task.name, task_version=task.version, dataset=task.dataset,
+            eval_dataset=task.eval_dataset or task.dataset, protocol=task.protocol,
+            fraction=ctx.fraction, seed=ctx.seed, profile=ctx.profile, data_source=data.data_source,
+            metrics={k: float(v) for k, v in result.metrics.items()}, main_metric=task.main_metric,
+            ci={k: [float(lo), float(hi)] for k, (lo, hi) in result.ci.items()},
+            config={"method": run.config, "protocol_args": ctx.args, "label_policy": asdict(task.label_policy),
+                    "labels": list(task.labels), "views": list(task.views) if task.views else None,
+                    "split": asdict(task.split)},
+            details=result.details,
+            n={"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+            skipped=data.skipped, warnings=data.warnings, pretrain=run.pretrain,
+            harness_version=harness.__version__, git_commit=git_commit(), packages=package_versions(),
+            device=ctx.device, determinism=determinism(ctx.device), started_at=run.started_at,
+            wall_time_s=run.wall_time_s, timings=run.timings, split_sha256=data.split_sha256,
+            weights_sha256=ctx.weights_sha256, dataset_fingerprint=data.dataset_fingerprint, world=run.world,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def determinism(device: str) -> dict[str, Any]:
+    """What a rerun with the same seed reproduces on ``device`` (stored in every record).
+
+    Seeded on every device: the cohort, splits and label-fraction subsets (sha256 of ids),
+    pretraining batches and augmentations (CPU generators keyed by seed and step), the
+    random encoder's init, the probe's and fine-tune's initialisation and the bootstrap.
+    On CPU the training loop runs under ``torch.use_deterministic_algorithms``, features
+    are float32 and a rerun gives bit-identical weights and metrics (tested: rerun, kill
+    and resume, debug vs local executor) on the same machine and package versions, with the
+    same torch thread count (recorded: float sums are split by thread, and a probe's
+    validation choice can turn a rounding difference into a different metric). On CUDA the
+    loop does not force deterministic algorithms (cuDNN autotuned convolutions and
+    atomic-add backward kernels sum in varying order) and training and feature extraction
+    run in bf16/fp16 autocast, so weights and metrics vary at the float-rounding level
+    between reruns and differ from CPU results.
+    """
+    import torch
+
+    cuda = str(device).startswith("cuda")
+    seeded = ["cohort, splits and label-fraction subsets", "pretraining batches and augmentations",
+              "model and probe initialisation", "bootstrap confidence intervals"]
+    return {
+        "bitwise_reproducible": not cuda,
+        "seeded": seeded,
+        "not_bitwise": (["pretraining and fine-tuning (cuDNN algorithm choice, atomic-add backward kernels, "
+                         "bf16/fp16 autocast)", "feature extraction (bf16 autocast)",
+                         "metrics computed from those (float-rounding differences)"] if cuda else []),
+        "scope": ("same seed, machine, torch thread count and package versions" if not cuda
+                  else "same seed gives the same cohort and sampling; numbers vary at float-rounding level"),
+        # CPU float sums split by thread: another count rounds differently, and a probe's validation
+        # choice (l2, thresholds) can turn that rounding into a different metric
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 class ResultsError(OSError):
@@ -102,9 +227,11 @@ def write_file(path: Path, write: Any) -> None:
         raise ResultsError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def write_record(results_dir: str | Path, rec: dict[str, Any], predictions: dict[str, np.ndarray] | None = None
-                 ) -> Path:
+def write_record(results_dir: str | Path, rec: ResultRecord | dict[str, Any],
+                 predictions: dict[str, np.ndarray] | None = None) -> Path:
     """Validate and write a record (and its predictions .npz first, so a record never points nowhere)."""
+    if isinstance(rec, ResultRecord):
+        rec = rec.to_dict()
     missing = [k for k in REQUIRED_KEYS if k not in rec]
     if missing:
         raise ValueError(f"result record lacks key(s) {missing}")

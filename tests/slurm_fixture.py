@@ -1,8 +1,10 @@
 """A real single-node Slurm (slurmctld + slurmd + munge on localhost) for the ``slurm`` tests.
 
-Follows ``shared/specs/slurm-single-node.md``: Debian's ``slurm-wlm`` and ``munge``
-packages, a private ``slurm.conf`` and state under a temp dir, daemons stopped by
-their pid files. Opt-in: tests using it are marked ``@pytest.mark.slurm``.
+Debian's ``slurm-wlm`` and ``munge`` packages (installed with apt when missing), a munge
+key and daemon, then slurmctld and slurmd on localhost from a private ``slurm.conf`` (the
+node's CPUs and about 80 % of its memory, accounting off) with their state under a temp
+dir; the daemons are stopped by their pid files, never by name. Opt-in: tests using it are
+marked ``@pytest.mark.slurm``.
 
 Run by hand (prints the config dir and leaves the daemons up until Enter)::
 

@@ -18,10 +18,9 @@ from torch import nn
 
 from harness.cohort import TaskData, build_task_data
 from harness.data.schema import BASE_COLUMNS, Records
-from harness.encoders import ImageEncoder, MethodCard, Preprocess
-from harness.features import weights_sha256
-from harness.protocols.base import EvalContext
+from harness.encoders import MethodCard, Preprocess
 from harness.tasks import LabelPolicy, SplitSpec, TaskSpec
+from tests.support import eval_context
 
 LABELS = ("Atelectasis", "Cardiomegaly", "Edema")
 SIZE = 16
@@ -116,11 +115,7 @@ def task_data(task: TaskSpec | None = None, seed: int = 0, eval_seed: int | None
     return build_task_data(task, records, SIZE, eval_records=eval_records, store_factory=factory, progress=False)
 
 
-def context(data: TaskData, encoder: ImageEncoder, tmp_path: Path, args: dict | None = None,
-            fraction: float = 1.0, seed: int = 0) -> EvalContext:
-    return EvalContext(task=data.task, data=data, encoder=encoder, preprocess=encoder.card.preprocess,
-                       args=args or {}, fraction=fraction, seed=seed, profile="smoke", device="cpu",
-                       workdir=tmp_path, weights_sha256=weights_sha256(encoder), progress=False)
+context = eval_context  # the tests of this family build their contexts like the runner
 
 
 def test_toy_task_data_is_split_by_patient_with_views_filtered():

@@ -6,7 +6,7 @@ joins the process group (``harness.dispatch.executors._join_process_group``) and
 ``harness.dispatch.runner.pretrain_only`` (rank 0 alone takes the cache lock and tells the others).
 
 The image-text and EHR methods (``region-word``, ``mlm-mvm``, ``msn-ehr``) need reports / EHR
-columns, which the mock task lacks: their ranks call ``harness.dispatch.runner.pretrained_checkpoint`` (what
+columns, which the mock task lacks: their ranks call ``harness.dispatch.pretraining.pretrained_checkpoint`` (what
 ``pretrain_only`` calls after preparing the data) on in-memory studies. Every 2-process run is checked
 to have been written once (one done.json, checkpoint and final, one log line per step). The exact check
 of the cross-rank negatives is ``test_gathered_matching_losses_and_gradients_equal_one_process``.
@@ -299,9 +299,9 @@ def _studies(n: int = 16, size: int = 32):
 
 
 def _pretrain_via_runner(method: str, overrides: dict) -> None:
-    """``harness.dispatch.runner.pretrained_checkpoint`` as ``RunJob(stage="pretrain")`` calls it, on ``_studies``."""
+    """``pretraining.pretrained_checkpoint`` as ``RunJob(stage="pretrain")`` calls it, on ``_studies``."""
     from harness.catalog import METHODS
-    from harness.dispatch.runner import pretrained_checkpoint
+    from harness.dispatch.pretraining import pretrained_checkpoint
 
     impl = METHODS.get(method)()
     pretrained_checkpoint(impl, {**impl.profiles["smoke"], **overrides}, _studies(), "cpu", False, None)

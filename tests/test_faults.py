@@ -34,8 +34,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.dispatch.runner import determinism
-from harness.results import load_records
+from harness.results import determinism, load_records
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPARED = ("metrics", "ci", "weights_sha256", "split_sha256", "dataset_fingerprint", "n", "details")

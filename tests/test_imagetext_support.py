@@ -28,9 +28,8 @@ from torch import nn
 from harness.cohort import TaskData, build_task_data
 from harness.data.schema import BASE_COLUMNS, CHEXPERT_5, Records
 from harness.encoders import MethodCard, Preprocess, capabilities
-from harness.features import weights_sha256
-from harness.protocols.base import EvalContext
 from harness.tasks import LabelPolicy, SplitSpec, TaskSpec
+from tests.support import eval_context
 
 SIZE = 16
 GRID = 4
@@ -167,11 +166,7 @@ class RegionEncoder(nn.Module):
         return self.encode_image_regions(images).mean(1)
 
 
-def context(data: TaskData, encoder: nn.Module, tmp_path: Path, args: dict | None = None, fraction: float = 1.0,
-            seed: int = 0) -> EvalContext:
-    return EvalContext(task=data.task, data=data, encoder=encoder, preprocess=encoder.card.preprocess,
-                       args=args or {}, fraction=fraction, seed=seed, profile="smoke", device="cpu",
-                       workdir=tmp_path, weights_sha256=weights_sha256(encoder), progress=False)
+context = eval_context  # the tests of this family build their contexts like the runner
 
 
 def test_toy_world_is_consistent():

@@ -13,7 +13,7 @@ from test_classification_support import LABELS, TinyEncoder, context, task_data,
 
 from harness.features import weights_sha256
 from harness.protocols import linear_probe
-from harness.protocols.base import ProtocolError
+from harness.protocols.base import ProtocolError, evaluate
 
 ARGS = {"l2_grid": [1.0, 1e-2, 1e-4], "bootstrap": 100, "max_iter": 100}
 
@@ -53,7 +53,7 @@ def test_encoder_bit_identical_after_probe(tmp_path):
     enc = TinyEncoder()
     enc.train()  # BatchNorm would update its running stats if the probe forgot eval mode
     sha = weights_sha256(enc)
-    result = linear_probe.run(context(task_data(), enc, tmp_path, ARGS))
+    result = evaluate(linear_probe.run, context(task_data(), enc, tmp_path, ARGS))  # as the runner calls it
     assert weights_sha256(enc) == sha and result.details["encoder_unchanged"]
 
 

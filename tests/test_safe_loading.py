@@ -74,7 +74,7 @@ def _flip_bytes(path: Path) -> None:
 
 def test_corrupted_pretraining_cache_is_not_trusted(tmp_path, caplog):
     """One cache damaged three ways in turn; each rerun retrains (or resumes) to the same weights."""
-    from harness.dispatch.runner import _file_sha256
+    from harness.storage import file_sha256 as _file_sha256
 
     with harness_cache(tmp_path / "cache") as cache:
         first = run_here("moco", tmp_path / "r0")

@@ -44,7 +44,7 @@ def _first_line(path: Path) -> str:
         return fh.readline()
 
 
-# Headers exactly as specs/datasets.md quotes them (literal copies, not imported from the writers).
+# Headers exactly as docs/datasets.md quotes them (literal copies, not imported from the writers).
 HEADERS = {
     "mimic-cxr-jpg/mimic-cxr-2.0.0-metadata.csv.gz":
         "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,"

@@ -346,3 +346,32 @@ def image_store(paths: Sequence[str | Path], size: int, *, cache_root: Path | No
     store = ImageStore(pixels_path, n, size, bad, list(header["problems"]))
     store.source_fingerprint = fp  # identifies the pixels (paths, sizes, mtimes): feature/pretrain cache keys use it
     return store
+
+
+class ImageView:
+    """Rows of an image store, indexable like a ``(N, S, S)`` uint8 array: the one row view of a store.
+
+    A split's images, a subset of them (the boxed test images of localization, a label fraction),
+    a method's pretraining rows: all are ``ImageView``s over the one store the cohort built.
+    """
+
+    def __init__(self, store, rows: np.ndarray) -> None:
+        self.store, self.rows = store, rows
+        self.size: int = store.size
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def subset(self, rows: np.ndarray) -> ImageView:
+        """The view of ``rows`` (positions in this view), in that order."""
+        return ImageView(self.store, self.rows[np.asarray(rows, dtype=np.int64)])
+
+    def __getitem__(self, idx) -> np.ndarray:
+        rows = self.rows[idx]
+        if np.ndim(rows) == 0:
+            return self.store[int(rows)]
+        order = np.argsort(rows, kind="stable")  # sorted reads are kinder to a memmap
+        out = self.store[rows[order]]
+        result = np.empty_like(out)
+        result[order] = out
+        return result

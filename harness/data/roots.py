@@ -3,7 +3,7 @@
 Resolution order (first that applies):
 
 1. ``resolve_data_root(DIR)`` (the CLI's ``--data-root DIR``), else ``$HARNESS_DATA_ROOT``:
-   sources are ``DIR/<source>`` in their ORIGINAL layouts (``specs/datasets.md``);
+   sources are ``DIR/<source>`` in their ORIGINAL layouts (``docs/datasets.md``);
 2. per-source overrides, ``source_overrides={"chexpert": PATH}`` or
    ``$HARNESS_ROOT_<SOURCE>`` (``HARNESS_ROOT_MIMIC_CXR_JPG``, ``HARNESS_ROOT_NIH14`` ...),
    replace single sources on top of (1) (or stand alone);

@@ -15,7 +15,7 @@ Requeue and resume: ``RunJob`` is a ``submitit.helpers.Checkpointable``. On
 preemption or timeout submitit calls ``RunJob.checkpoint`` and requeues the returned
 submission (the same request). Nothing needs pickling beyond the request because the
 state lives on disk: pretraining resumes from ``checkpoint.pt`` in its pretraining
-workdir (``harness.dispatch.runner.pretrained_checkpoint``), and a finished pretraining is a
+workdir (``harness.dispatch.pretraining.pretrained_checkpoint``), and a finished pretraining is a
 cache hit.
 
 Failures: a failed job's ``JobOutcome`` carries a ``harness.dispatch.failures.Failure`` (the one-line

@@ -45,7 +45,8 @@ from typing import Any
 from harness.config import config_hash
 from harness.dispatch import executors, failures
 from harness.dispatch.failures import Failure
-from harness.dispatch.runner import RunError, RunRequest, add_pretrain_on_argument
+from harness.dispatch.pretraining import add_pretrain_on_argument, effective_pretrain_on
+from harness.dispatch.runner import RunError, RunRequest
 from harness.tasks import TaskSpecError, get_task
 
 STATUSES = ("done", "failed", "skipped")
@@ -105,7 +106,7 @@ class Plan:
 
 def _identity(req: RunRequest, task: Any, profile: str, config: dict[str, Any], data_source: str) -> dict:
     """What a record must match for its cell to be skipped (see the module docstring); ``req.pretrain_on``
-    is already the effective one (``runner.effective_pretrain_on``)."""
+    is already the effective one (``pretraining.effective_pretrain_on``)."""
     return {"method": req.method, "task": task.name, "task_version": task.version, "fraction": req.fraction,
             "seed": req.seed, "profile": profile, "data_source": data_source,
             "config_method": config_hash(config), "protocol_args": config_hash(task.args_for(profile)),
@@ -141,28 +142,21 @@ def _existing(results_dir: str) -> dict[str, dict[str, str]]:
 def _data_fingerprint(task: Any, data_root: str | None) -> str | None:
     """The ``data_fingerprint`` a run of ``task`` would record now; None when the data cannot be read.
 
-    The same computation as the run's: the adapters' records of the task's datasets (what
-    ``harness.cohort.build_task_data`` hashes into ``dataset_fingerprint``) and the world
-    (``runner.data_world``); no image is read. ``tests/test_sweep.py`` checks it against a record.
+    The run's own computation (``harness.cohort.dataset_fingerprint`` of the task's datasets' records,
+    and ``harness.data.sources.data_world``), from the records alone: no image is read.
     """
-    import hashlib
-
-    from harness.catalog import DATASETS
-    from harness.data.roots import resolve_data_root
+    from harness.cohort import dataset_fingerprint
     from harness.data.schema import DataError
-    from harness.dispatch import runner
+    from harness.data.sources import data_world, load_records, task_data_root
     from harness.results import data_fingerprint
 
     try:
-        datasets = [d for d in (task.dataset, task.eval_dataset) if d]
-        needs_root = any(getattr(DATASETS.get(d), "needs_data_root", True) for d in datasets)
-        root = resolve_data_root(data_root) if needs_root else runner._SelfContained()
-        fingerprint = "".join(runner.load_records(d, root).fingerprint() for d in datasets)
-        world = runner.data_world(root)
-    except (RunError, DataError, OSError, KeyError, ValueError):
+        root = task_data_root(task, data_root)
+        records = [load_records(d, root) for d in (task.dataset, task.eval_dataset) if d]
+        world = data_world(root)
+    except (DataError, OSError, KeyError, ValueError):
         return None  # the cell runs, and its run says what is wrong with the data
-    return data_fingerprint({"dataset_fingerprint": hashlib.sha256(fingerprint.encode()).hexdigest(),
-                             "world": world})
+    return data_fingerprint({"dataset_fingerprint": dataset_fingerprint(*records), "world": world})
 
 
 def _data_sources(data_root: str | None) -> Any:
@@ -174,16 +168,15 @@ def _data_sources(data_root: str | None) -> Any:
     Raises (from the returned function):
         DataError: the data root does not resolve (one line, exit 2 through the CLI: never a cell).
     """
-    from harness.catalog import DATASETS
-    from harness.data.roots import resolve_data_root
+    from harness.data.sources import needs_data_root, task_data_root
 
     resolved: list[str] = []
 
     def source_of(task: Any) -> str:
-        if not any(getattr(DATASETS.get(d), "needs_data_root", True) for d in (task.dataset, task.eval_dataset) if d):
+        if not needs_data_root(task):
             return "synthetic"
         if not resolved:
-            resolved.append(resolve_data_root(data_root).data_source)
+            resolved.append(task_data_root(task, data_root).data_source)
         return resolved[0]
 
     return source_of
@@ -212,7 +205,7 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
                 data_source = source_of(task)
                 profile = args.profile or ("small" if data_source == "synthetic" else "paper")
                 config = runner.method_config(method, profile, base.overrides)
-                base = dataclasses.replace(base, pretrain_on=runner.effective_pretrain_on(method, task,
+                base = dataclasses.replace(base, pretrain_on=effective_pretrain_on(method, task,
                                                                                           base.pretrain_on))
             except (TaskSpecError, DataError):
                 # a malformed task file, or the data root itself: every cell would fail the same way, so the

@@ -5,10 +5,10 @@ MSN+EHR "linear evaluation", GLoRIA's frozen-CNN probe), done as ONE convex
 problem instead of a training loop so that the number depends only on the
 features, the labels and the regularisation strength:
 
-1. features of train / val / test from ``harness.features.extract_features``
+1. features of train / val / test from ``harness.features.split_features``
    (cached per weights and rows; reused across fractions, seeds and grids);
-2. the training rows restricted to the label fraction (``cohort.fraction_mask``,
-   nested by patient, seeded);
+2. the training rows of the run's label fraction (``cohort.label_fraction``, applied by the
+   runner: nested by patient, seeded);
 3. features standardised with the (fraction-restricted) training mean / std;
 4. for every L2 strength in ``l2_grid`` (strongest first, warm-started): the
    logistic regression of all labels at once, full-batch L-BFGS on
@@ -20,7 +20,7 @@ features, the labels and the regularisation strength:
 
 ``fit_probe`` receives training and validation arrays only: test labels cannot
 influence any choice. After the probe the encoder's weights are checked to be
-bit-identical (MoCo's ``sanity_check``).
+bit-identical (MoCo's ``sanity_check``; ``harness.protocols.base.evaluate`` does it for every protocol).
 
 ``l2`` relates to scikit-learn's per-label ``C`` by ``C = 1 / (L * l2 * n_train)``
 with ``L`` labels (its loss is summed over images, ours averaged over images and labels).
@@ -41,8 +41,7 @@ import numpy as np
 import torch
 
 from harness import metrics
-from harness.cohort import fraction_mask
-from harness.features import assert_unchanged, extract_features, split_cache_key, weights_sha256
+from harness.features import split_features
 from harness.protocols.args import Arg, ProtocolArgs
 from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
 
@@ -185,10 +184,7 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val
 
 def frozen_features(ctx: EvalContext, batch_size: int) -> dict[str, np.ndarray]:
     """Cached global float32 features of the train / val / test splits."""
-    return {name: extract_features(ctx.encoder, ctx.data.split(name).images, ctx.preprocess, kind="global",
-                                   batch_size=batch_size, device=ctx.device, cache_key=split_cache_key(ctx, name),
-                                   progress=ctx.progress)
-            for name in ("train", "val", "test")}
+    return {name: split_features(ctx, name, batch_size=batch_size) for name in ("train", "val", "test")}
 
 
 def report(ctx: EvalContext, y_val: np.ndarray, s_val: np.ndarray, s_test: np.ndarray,
@@ -209,20 +205,17 @@ def report(ctx: EvalContext, y_val: np.ndarray, s_val: np.ndarray, s_test: np.nd
 def run(ctx: EvalContext) -> ProtocolResult:
     """Linear probe on frozen features (see the module docstring)."""
     config = ProbeConfig.from_args(ARGS.read(ctx))
-    sha = weights_sha256(ctx.encoder)
     feats = frozen_features(ctx, config.batch_size)
-    train, val = ctx.data.train, ctx.data.val
-    keep = fraction_mask(train.frame["patient_id"], ctx.fraction, ctx.seed)
-    fit = fit_probe(feats["train"][keep], train.targets[keep], feats["val"], val.targets, config, ctx.device)
+    train, val = ctx.data.train, ctx.data.val  # train: the run's label fraction (cohort.label_fraction)
+    fit = fit_probe(feats["train"], train.targets, feats["val"], val.targets, config, ctx.device)
     s_test = fit.probe.predict(feats["test"])  # test targets are first read in report()
-    assert_unchanged(ctx.encoder, sha)
 
     scores = report(ctx, val.targets, fit.val_scores, s_test, config.bootstrap)
     details = {
         "l2": fit.l2, "val_auroc_macro": {str(k): v for k, v in fit.val_auroc.items()},
-        "n": {"train": int(keep.sum()), "train_patients": int(train.frame["patient_id"][keep].nunique()),
+        "n": {"train": len(train), "train_patients": int(train.frame["patient_id"].nunique()),
               "val": len(val), "test": len(ctx.data.test)},
-        "num_features": int(feats["train"].shape[1]), "encoder_unchanged": True,
+        "num_features": int(feats["train"].shape[1]),
         **scores.details,
     }
     return ProtocolResult(metrics=scores.metrics, ci=scores.ci, details=details,

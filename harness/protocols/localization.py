@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from harness import metrics
 from harness.data.schema import DataError
 from harness.encoders import capabilities
-from harness.features import assert_unchanged, extract_features, split_cache_key
+from harness.features import extract_features, split_cache_key
 from harness.protocols.args import Arg, ProtocolArgs
 from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
 from harness.protocols.retrieval import encode_texts
@@ -137,19 +137,6 @@ def score_maps(maps: np.ndarray, masks: np.ndarray, threshold: float) -> tuple[n
     return hits, metrics.mask_iou(maps >= threshold, masks)
 
 
-class _Rows:
-    """The boxed rows of the test images, indexable like the ``ImageView`` they come from."""
-
-    def __init__(self, images: Any, rows: np.ndarray) -> None:
-        self.images, self.rows = images, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, idx: Any) -> np.ndarray:
-        return self.images[self.rows[idx]]
-
-
 def _cases(ctx: EvalContext, boxes: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """One row per (test image, label): its test row and its boxes; and the count of boxes off the test split."""
     row_of = pd.Series(np.arange(len(ctx.data.test)), index=ctx.data.test.frame["image_id"].astype(str))
@@ -192,7 +179,7 @@ def run(ctx: EvalContext) -> ProtocolResult:
     rows = np.unique(cases["row"].to_numpy())
     key = {**split_cache_key(ctx, "test"), "subset": "boxed",
            "subset_sha256": hashlib.sha256(rows.tobytes()).hexdigest()}
-    regions = extract_features(ctx.encoder, _Rows(ctx.data.test.images, rows), ctx.preprocess, kind="regions",
+    regions = extract_features(ctx.encoder, ctx.data.test.images.subset(rows), ctx.preprocess, kind="regions",
                                batch_size=args["batch_size"], device=ctx.device, cache_key=key,
                                progress=ctx.progress)  # (n_images, R, Dr)
     regions = np.ascontiguousarray(regions)  # cache hit or miss: the same layout, the same bits
@@ -216,7 +203,6 @@ def run(ctx: EvalContext) -> ProtocolResult:
             hits, ious = score_maps(m.numpy(), masks, args["threshold"])
             out[0].append(hits)
             out[1].append(ious)
-    assert_unchanged(ctx.encoder, ctx.weights_sha256)
     hits, ious = (np.concatenate(x) for x in model)
     random_hits, random_ious = (np.concatenate(x) for x in random)
     per_label = {label: _summary(hits[idx], ious[idx]) for label, idx in cases.groupby("label").indices.items()}

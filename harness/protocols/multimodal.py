@@ -1,7 +1,7 @@
 """Multimodal classification from the image and the report's INDICATION (Dalla Serra et al., MIUA 2022).
 
 The pipeline follows the MMBT ("ChestBERT") model of Jacenkow et al. (ISBI
-2022), which the MIUA paper builds on (``specs/methods.md`` section 1): image
+2022), which the MIUA paper builds on (``docs/methods.md`` section 1): image
 features become tokens of a BERT-style transformer that also reads the
 indication text, and the ``[CLS]`` output predicts the labels::
 
@@ -63,10 +63,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import metrics
-from harness.cohort import fraction_mask
 from harness.encoders import capabilities
 from harness.encoders.preprocess import to_model_input
-from harness.features import assert_unchanged, extract_features, split_cache_key
+from harness.features import split_features
 from harness.protocols.args import Arg, ProtocolArgs
 from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
 from harness.protocols.linear_probe import CLASSIFICATION_METRICS, report
@@ -264,9 +263,7 @@ class ImageTokens:
 
     def _features(self, split: str) -> np.ndarray:
         if split not in self.cache:
-            feats = extract_features(self.ctx.encoder, self.ctx.data.split(split).images, self.ctx.preprocess,
-                                     kind=self.kind, device=self.ctx.device, progress=self.ctx.progress,
-                                     cache_key=split_cache_key(self.ctx, split))
+            feats = split_features(self.ctx, split, kind=self.kind)
             # C order: a fresh extraction may keep an encoder's transposed strides, a cache load never
             # does, and matmuls over the two layouts differ in the last bits
             self.cache[split] = np.ascontiguousarray(feats if feats.ndim == 3 else feats[:, None, :])
@@ -300,7 +297,7 @@ class Trainer:
 
     def __init__(self, ctx: EvalContext, args: dict[str, Any]) -> None:
         self.ctx, self.args = ctx, args
-        self.train_rows = np.flatnonzero(fraction_mask(ctx.data.train.frame["patient_id"], ctx.fraction, ctx.seed))
+        self.train_rows = np.arange(len(ctx.data.train))  # the run's label fraction (cohort.label_fraction)
         self.texts = {s: indications(ctx.data.split(s).frame) for s in ("train", "val", "test")}
         self.images = ImageTokens(ctx, args, self.train_rows)
         n_image = 1 if self.images.kind == "global" else int(np.prod(ctx.encoder.region_grid))
@@ -399,7 +396,6 @@ def run(ctx: EvalContext) -> ProtocolResult:
     fit = trainer.fit()
     val_scores, _ = trainer.predict("val")
     scores, _ = trainer.predict("test")  # test targets are first read in report()
-    assert_unchanged(ctx.encoder, ctx.weights_sha256)  # fine-tuning trains a copy; the original is untouched
     result = report(ctx, ctx.data.val.targets, val_scores, scores, int(args["n_bootstrap"]))
     fit["history"] = [{**h, "val_auroc_macro": _finite(h["val_auroc_macro"])} for h in fit["history"]]
     details = {**result.details, **fit, "text_column": TEXT_COLUMN, "image_tokens": trainer.images.kind,

@@ -70,7 +70,7 @@ import torch.nn.functional as F
 
 from harness import metrics
 from harness.data.schema import CHEXPERT_5
-from harness.features import assert_unchanged, extract_features, split_cache_key
+from harness.features import split_features
 from harness.protocols.args import Arg, ProtocolArgs
 from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
 
@@ -332,9 +332,7 @@ def _embed(ctx: EvalContext, gallery: Gallery, batch_size: int) -> tuple[torch.T
     """
     image = torch.zeros(len(gallery.split_rows), 0)
     for split in dict.fromkeys(gallery.split_names.tolist()):
-        feats = extract_features(ctx.encoder, ctx.data.split(split).images, ctx.preprocess, kind="global",
-                                 batch_size=batch_size, device=ctx.device, progress=ctx.progress,
-                                 cache_key=split_cache_key(ctx, split))
+        feats = split_features(ctx, split, batch_size=batch_size)
         here = gallery.split_names == split
         if image.shape[1] == 0:
             image = torch.zeros(len(gallery.split_rows), feats.shape[1])
@@ -393,7 +391,6 @@ def run(ctx: EvalContext) -> ProtocolResult:
             ci = _recall_cis(i2t, t2i, (gallery.image_patient, gallery.text_patient), ks,
                              int(args["n_bootstrap"]), ctx.seed)
         extra = {"image_to_text_index": gallery.image_study}
-    assert_unchanged(ctx.encoder, ctx.weights_sha256)  # zero-shot: nothing may have touched the weights
     predictions = {"image_embeddings": image.numpy(), "text_embeddings": text.numpy(), **extra}
     return ProtocolResult(metrics=result, ci=ci, details=details, predictions=predictions)
 

@@ -1,6 +1,6 @@
 """The synthetic CXR world: small replicas of MIMIC-CXR(-JPG) + MIMIC-IV, CheXpert, NIH-14 and OpenI.
 
-``write_world(DIR)`` writes, in each dataset's ORIGINAL layout (``specs/datasets.md``)::
+``write_world(DIR)`` writes, in each dataset's ORIGINAL layout (``docs/datasets.md``)::
 
     DIR/HARNESS_SYNTHETIC.json          marker: generator version, seed, scale, calibration, sources, counts
     DIR/mimic-cxr-jpg/                  MIMIC-CXR-JPG 2.1.0 (CSVs gzipped, files/pNN/p<subject>/s<study>/*.jpg)

@@ -1,7 +1,7 @@
 """Target prevalence of every finding per source: the published counts, or a local calibration.
 
 Default (``"spec"``), whatever is installed: fractions taken from the counts quoted in
-``specs/datasets.md`` (NIH-14 image counts, torchxrayvision's OpenI report counts)
+``docs/datasets.md`` (NIH-14 image counts, torchxrayvision's OpenI report counts)
 and the CheXpert / MIMIC-CXR-JPG papers' label tables, rounded. Rare labels are
 floored at 1 % so that every label has positives in a small world.
 

@@ -1,4 +1,4 @@
-"""The nasty cases of ``specs/datasets.md`` section 6, planted at every scale.
+"""The nasty cases of ``docs/datasets.md`` section 6, planted at every scale.
 
 Adapters must meet them in the synthetic world too: a missing ViewPosition, a
 StudyTime before 10:00 (leading zero lost), a study without a label row, an

@@ -1,6 +1,6 @@
 """Write a CheXpert-v1.0-small replica: ``train.csv``, ``valid.csv`` and the JPG tree.
 
-Layout: ``specs/datasets.md`` section 3. Train labels come from the report
+Layout: ``docs/datasets.md`` section 3. Train labels come from the report
 mentions through the CheXpert labeler's conventions (1.0 / 0.0 / -1.0 / blank);
 valid labels are the radiologists' reading of the drawn findings (0.0 / 1.0
 only). Train patients are ``patient00001``..., valid ones start at

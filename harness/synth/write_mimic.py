@@ -1,6 +1,6 @@
 """Write MIMIC-CXR-JPG 2.1.0 + MIMIC-CXR reports + MIMIC-IV 3.1 (hosp, icu) replicas.
 
-Layout and conventions: ``specs/datasets.md`` sections 1.2-1.5 and 2. The ids
+Layout and conventions: ``docs/datasets.md`` sections 1.2-1.5 and 2. The ids
 follow the real patterns (subject 1xxxxxxx in ``pNN`` buckets, study 5xxxxxxx,
 dicom 5x8 hex, hadm 2xxxxxxx, stay 3xxxxxxx), dates are shifted into 2100-2200
 and shared by CXR and EHR, and ``StudyTime`` loses its leading zeros.

@@ -1,6 +1,6 @@
 """Write an NIH ChestX-ray14 replica: label CSVs (v2020 and 2017), boxes, lists, PNGs.
 
-Layout: ``specs/datasets.md`` section 4, Kaggle-style image folders
+Layout: ``docs/datasets.md`` section 4, Kaggle-style image folders
 (``images_001/images/NNNNNNNN_MMM.png``; adapters index PNGs recursively).
 Boxes in ``BBox_List_2017.csv`` are the renderer's ground truth for test images,
 in pixels of the written PNG (the real file's are 1024-px coordinates of 1024-px

@@ -1,6 +1,6 @@
 """Write an OpenI (Indiana University) replica: ``ecgen-radiology/<n>.xml`` + ``NLMCXR_png/<id>.png``.
 
-Layout: ``specs/datasets.md`` section 5. The XML reproduces the real element
+Layout: ``docs/datasets.md`` section 5. The XML reproduces the real element
 skeleton (``eCitation`` ... four ``AbstractText`` sections, empty ones
 self-closing, ``MeSH`` major / automatic, one ``parentImage`` per image). File
 numbers have gaps, image ids follow ``CXR<n>_IM-<4d>-<4d>`` (plus the two rarer
