@@ -12,12 +12,12 @@ from baselines.common.text import (
     TextTokenizer,
     build_text_encoder,
     is_text_model,
-    minilm_dir,
     mlm_mask,
     pretrained_tokenizer,
     report_texts,
     train_wordpiece,
 )
+from harness.text import minilm_dir
 
 REPORTS = ["no acute cardiopulmonary process.", "mild cardiomegaly without edema.",
            "small left pleural effusion with basilar atelectasis.", "the lungs are clear."]
