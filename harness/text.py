@@ -65,6 +65,14 @@ def learn_wordpiece_vocab(word_counts: Counter[str], vocab_size: int, prefix: st
     would get different vocabularies and different numbers.
 
     Example: ``{"fever": 3, "fetal": 1}`` first merges ``f`` + ``##e`` -> ``fe`` (count 4).
+
+    Args:
+        word_counts: how often each (normalised, pre-tokenised) word was seen.
+        vocab_size: pieces at most (fewer where the merges run out).
+        prefix: the continuation marker of pieces inside a word.
+
+    Returns:
+        The alphabet (sorted), then the merged pieces in the order they were learned.
     """
     words = sorted(word_counts)
     seqs = [[w[0], *(prefix + c for c in w[1:])] for w in words]
