@@ -13,12 +13,21 @@ from test_imagetext_support import RegionEncoder, context, make_records, task_da
 from harness.features import weights_sha256
 from harness.protocols import multimodal
 from harness.protocols.base import ProtocolError
+from harness.text import learn_wordpiece_vocab
 
 # Cardiomegaly: a bright lower half (image only). Pneumonia: the indication says "fever" (text only).
 LABELS = ("Cardiomegaly", "Pneumonia")
 FAST = {"epochs": 30, "batch_size": 16, "lr": 2e-3, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
         "intermediate_size": 64, "vocab_size": 60, "max_text_tokens": 12, "patience": 30, "n_bootstrap": 20,
         "dropout": 0.0}
+# the text side alone (build_text_model), with a tiny BERT
+TEXT_ARGS = {"text_model": None, "vocab_size": 60, "hidden_size": 8, "num_layers": 1, "num_heads": 2,
+             "intermediate_size": 8, "dropout": 0.0}
+
+
+def scratch_tokenizer(texts: list[str], vocab_size: int):
+    """The tokenizer the protocol learns on ``texts`` for its from-scratch BERT."""
+    return multimodal.build_text_model({**TEXT_ARGS, "vocab_size": vocab_size}, texts, n_positions=16)[0]
 
 
 def mm_data(poison_report: bool = False, n_studies: int = 160):
@@ -72,10 +81,10 @@ def test_fraction_finetune_and_global_token(tmp_path):
 def test_wordpiece_vocabulary_is_learned_deterministically():
     from collections import Counter
 
-    vocab = multimodal.learn_wordpiece_vocab(Counter({"fever": 3, "fetal": 1}), 9)
+    vocab = learn_wordpiece_vocab(Counter({"fever": 3, "fetal": 1}), 9)
     assert vocab == ["##a", "##e", "##l", "##r", "##t", "##v", "f", "fe", "##er"]  # alphabet, then by count
     texts = ["Fever, cough", "trauma", "fever and chills", "rule out pneumonia", "cough"] * 7
-    first, again = multimodal.train_wordpiece(texts, 60), multimodal.train_wordpiece(texts, 60)
+    first, again = scratch_tokenizer(texts, 60), scratch_tokenizer(texts, 60)
     assert first.get_vocab() == again.get_vocab() and len(first) == 60
     tokens = first.convert_ids_to_tokens(first("fever, coughing")["input_ids"])
     assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and "fever" in tokens and "##ing" not in first.get_vocab()
@@ -88,6 +97,29 @@ def test_text_model_directory_resolution():
         multimodal.resolve_model_dir("python-package:no_such_package_xyz/model")
     with pytest.raises(ProtocolError, match="config.json"):
         multimodal.resolve_model_dir("/nonexistent/model")
+
+
+def test_text_model_without_a_usable_tokenizer_is_refused_in_one_line(tmp_path):
+    """A model directory is read offline with its own tokenizer.json: none, or one without BERT's special
+    tokens, is an error naming the file (transformers would build an empty 5-token tokenizer from
+    config.json alone and the text would all be [UNK])."""
+    from tokenizers import Tokenizer, models
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "bert"}')
+    args = {**TEXT_ARGS, "text_model": str(model)}
+    with pytest.raises(ProtocolError, match=r"text_model '.*model': tokenizer file .*tokenizer\.json not found") as e:
+        multimodal.build_text_model(args, ["fever"], n_positions=16)
+    assert "\n" not in str(e.value)
+    no_bert_specials = Tokenizer(models.WordPiece({"[UNK]": 0, "[SEP]": 1, "fever": 2}, unk_token="[UNK]"))
+    no_bert_specials.save(str(model / "tokenizer.json"))
+    with pytest.raises(ProtocolError, match=r"lacks the special token\(s\) \['\[PAD\]', '\[CLS\]', '\[MASK\]'\]"):
+        multimodal.build_text_model(args, ["fever"], n_positions=16)
+    # a dotted package whose parent is missing, an empty name: one-line errors, not import tracebacks
+    for spec, name in (("python-package:no_such_xyz.sub/model", "no_such_xyz.sub"), ("python-package:/model", "")):
+        with pytest.raises(ProtocolError, match=f"no installed package '{name}'"):
+            multimodal.build_text_model({**TEXT_ARGS, "text_model": spec}, ["fever"], n_positions=16)
 
 
 def test_bad_arguments(tmp_path):

