@@ -103,11 +103,23 @@ class BaselineMethod:
 
     # ------------------------------------------------------------------ hooks
     def card_for(self, cfg: Any) -> MethodCard:
-        """The method card of ``cfg`` (preprocessing, pretraining data, notes)."""
+        """The method card of a config.
+
+        Args:
+            cfg: an instance of ``config_class``.
+
+        Returns:
+            The card: preprocessing, pretraining data, capabilities, notes.
+        """
         raise NotImplementedError(f"{type(self).__name__}.card_for")
 
     def train(self, request: PretrainRequest, cfg: Any, card: dict[str, Any]) -> Path:
-        """Run the package's pretraining on ``request`` with ``cfg``; ``card`` goes into the checkpoint meta.
+        """Run the package's pretraining (its ``pretrain.py`` entry point).
+
+        Args:
+            request: what ``pretrain`` received (training data, workdir, seed, device).
+            cfg: the config of ``request.config``.
+            card: ``card_meta`` of ``card_for(cfg)``, for the checkpoint's meta.
 
         Returns:
             The final checkpoint (``final.pt``).
@@ -116,9 +128,18 @@ class BaselineMethod:
 
     def build_encoder(self, cfg: Any, weights: dict[str, torch.Tensor] | None, checkpoint: Path | None
                       ) -> nn.Module:
-        """The encoder of ``cfg``: from ``weights`` (the checkpoint's, ``weights_prefix`` removed) when the
-        method pretrains, from nothing (None, None) when it does not. ``checkpoint`` locates files saved
-        next to it (a tokenizer)."""
+        """The encoder of a config (``load`` puts it in eval mode).
+
+        Args:
+            cfg: an instance of ``config_class``.
+            weights: the checkpoint's model tensors, ``weights_prefix`` removed; None when the method
+                does not pretrain.
+            checkpoint: the checkpoint file, to find what was saved next to it (a tokenizer); None
+                when the method does not pretrain.
+
+        Returns:
+            The encoder (a ``harness.encoders`` capability module with a ``card``).
+        """
         raise NotImplementedError(f"{type(self).__name__}.build_encoder")
 
     # ------------------------------------------------------------------ the Method protocol
