@@ -197,7 +197,7 @@ def _matching_case(rows: slice) -> dict:
     from baselines.mlm_mvm.config import MLMMVMConfig
     from baselines.mlm_mvm.model import MLMMVMModel
     from baselines.region_word.config import PROFILES, RegionWordConfig
-    from baselines.region_word.pretrain import matching_losses, total_loss
+    from baselines.region_word.losses import matching_losses, total_loss
 
     g = torch.Generator().manual_seed(0)
     length, regions, width = 7, 5, 8

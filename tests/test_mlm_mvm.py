@@ -13,8 +13,8 @@ from baselines.common.text import train_wordpiece
 from baselines.common.train import load_checkpoint
 from baselines.mlm_mvm import MLMMVMMethod
 from baselines.mlm_mvm.config import MLMMVMConfig
-from baselines.mlm_mvm.losses import masked_patch_loss, multiscale_patch_mask
-from baselines.mlm_mvm.model import MLMMVMModel, total_loss
+from baselines.mlm_mvm.losses import masked_patch_loss, multiscale_patch_mask, total_loss
+from baselines.mlm_mvm.model import MLMMVMModel
 from baselines.mlm_mvm.pretrain import streams
 from harness.cohort import ImageView, TrainingData
 from harness.encoders import PretrainRequest, capabilities

@@ -15,9 +15,9 @@ from baselines.common.text import IGNORE_INDEX, build_text_encoder, minilm_token
 from baselines.common.train import load_checkpoint
 from baselines.region_word import RegionWordMethod
 from baselines.region_word.config import RegionWordConfig
-from baselines.region_word.losses import mlm_loss, word_region_attention, word_region_scores
+from baselines.region_word.losses import is_itm_step, mlm_loss, total_loss, word_region_attention, word_region_scores
 from baselines.region_word.model import RegionWordModel
-from baselines.region_word.pretrain import is_itm_step, region_word_losses, total_loss
+from baselines.region_word.pretrain import region_word_losses
 from harness.cohort import ImageView, TrainingData
 from harness.data.schema import DataError
 from harness.encoders import PretrainRequest, capabilities

@@ -1,8 +1,8 @@
 """``BackboneEncoder``: any ``Backbone`` as a harness image + region encoder.
 
 Implements ``harness.encoders.ImageEncoder`` and ``RegionEncoder`` (and, being an
-``nn.Module``, the ``trainable`` capability), so ``random``, ``imagenet`` and
-``moco`` share one encoder and later methods can reuse it::
+``nn.Module``, the ``trainable`` capability), so ``random``, ``imagenet``, ``moco``
+and ``msn`` share one encoder and later methods can reuse it::
 
     encoder = BackboneEncoder(build_backbone("resnet18"), card)
     encoder.encode_image(x)           # (B, D)
@@ -22,18 +22,6 @@ from harness.encoders import IMAGENET_MEAN, IMAGENET_STD, MethodCard, Preprocess
 
 # ImageNet statistics collapsed to one grey channel (mean of the RGB values), for 1-channel stems.
 GREY_IMAGENET_MEAN, GREY_IMAGENET_STD = (0.449,), (0.226,)
-
-
-def card_meta(card: MethodCard) -> dict:
-    """The card as plain data for a checkpoint's ``meta`` (self-describing checkpoints)."""
-    import dataclasses
-
-    def plain(value):
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return list(map(plain, value)) if isinstance(value, (list, tuple)) else value
-
-    return plain(dataclasses.asdict(card))
 
 
 def imagenet_preprocess(image_size: int, channels: int = 3) -> Preprocess:

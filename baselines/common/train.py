@@ -63,6 +63,7 @@ import torch
 from torch import nn
 
 from baselines.common import distributed
+from baselines.common.config import TrainingConfig
 from baselines.common.seeding import rng_state, seed_all, set_rng_state, step_generator
 from harness.storage import atomic_write
 
@@ -92,6 +93,23 @@ class TrainConfig:
             raise ValueError(f"bad TrainConfig: {self}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise ValueError(f"amp must be auto/off/bf16/fp16, got {self.amp!r}")
+
+    @classmethod
+    def for_method(cls, cfg: TrainingConfig, request: Any, steps: int, *, grad_clip: float = 0.0) -> TrainConfig:
+        """The loop settings of a method's pretraining: checkpoints, logs and autocast from its config,
+        seed, device and progress from the request (``harness.encoders.PretrainRequest``).
+
+        Args:
+            cfg: the method's config.
+            request: what ``Method.pretrain`` received.
+            steps: the run's length (``cfg.total_steps`` of its data).
+            grad_clip: max global grad norm (0: none), for the recipes that clip.
+
+        Returns:
+            The ``TrainConfig`` for ``Trainer``.
+        """
+        return cls(steps=steps, seed=request.seed, device=request.device, checkpoint_every=cfg.checkpoint_every,
+                   log_every=cfg.log_every, amp=cfg.amp, grad_clip=grad_clip, progress=request.progress)
 
 
 @dataclass

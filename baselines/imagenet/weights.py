@@ -11,6 +11,9 @@ Two sources, both local (the harness never downloads):
   ImageNet test (a cat photo must come out as "Egyptian cat") guards the rest.
 - **ResNet-18/50** (``paper``): torchvision's files in the user's torch cache
   (``$TORCH_HOME/hub/checkpoints/resnet50-*.pth``) or an explicit path.
+
+``imagenet_backbone`` is the one way in: the ``imagenet`` method, and MoCo's and
+region-word's ``init=imagenet``, build their backbones with it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from baselines.common.backbones import Backbone
+from baselines.common.backbones import Backbone, build_backbone
 
 TORCHVISION_FILES = {  # torchvision's own file names (V1 and V2 weights)
     "resnet18": ("resnet18-f37072fd.pth",),
@@ -62,6 +65,57 @@ def torchvision_file(arch: str) -> Path:
         f"ImageNet {arch} weights not found: place torchvision's {' or '.join(names)} in {folder} "
         f"(TORCH_HOME={folder.parent.parent}), or pass --set weights=PATH. The harness never downloads weights and "
         "never falls back to random ones.")
+
+
+def weights_file(backbone: str, weights: str | Path | None = None) -> Path:
+    """The ImageNet weight file of ``backbone``: ``weights`` when given, else the default source.
+
+    Args:
+        backbone: ``efficientnet_lite0`` (the package file) or ``resnet18`` / ``resnet50`` (the torch cache).
+        weights: an explicit file (``--set weights=PATH``), ``~`` expanded.
+
+    Returns:
+        The path of an existing file.
+
+    Raises:
+        WeightsUnavailable: naming the file to place.
+    """
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailable(f"ImageNet weights file not found: {path}")
+        return path
+    if backbone == "efficientnet_lite0":
+        return efficientnet_lite0_file()
+    return torchvision_file(backbone)
+
+
+def imagenet_backbone(name: str, *, image_size: int = 224, weights: str | Path | None = None,
+                      num_classes: int = 0) -> Backbone:
+    """A backbone with ImageNet weights loaded (``num_classes=1000`` keeps the classifier).
+
+    Args:
+        name: ``efficientnet_lite0``, ``resnet18`` or ``resnet50``.
+        image_size: the input side the backbone is built for.
+        weights: an explicit weight file; None: the default source (``weights_file``).
+        num_classes: 0 for a feature extractor, 1000 to keep ImageNet's classifier.
+
+    Returns:
+        The backbone (3 input channels) with the file's weights.
+
+    Raises:
+        WeightsUnavailable: the file is not on this machine.
+        ValueError: a backbone without ImageNet weights here, or a file that does not fit it.
+    """
+    path = weights_file(name, weights)
+    backbone = build_backbone(name, in_chans=3, image_size=image_size, num_classes=num_classes)
+    if name == "efficientnet_lite0":
+        load_efficientnet_lite0(backbone, path)
+    elif name in ("resnet18", "resnet50"):
+        load_torchvision_resnet(backbone, path)
+    else:
+        raise ValueError(f"no ImageNet weights for backbone {name!r} (use efficientnet_lite0, resnet18 or resnet50)")
+    return backbone
 
 
 def map_by_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], *, what: str

@@ -1,4 +1,12 @@
-"""The pretraining tasks' losses: MLM, multi-scale masked vision modelling, image-report alignment.
+"""The pretraining tasks' losses: MLM, multi-scale masked vision modelling, image-report alignment, their sum.
+
+The objective of one mixed step (``total_loss``; every weight a harness choice)::
+
+    L = w_itc ITC + w_mvm mean(MVM_paired, MVM_image) + w_mlm mean(MLM_paired, MLM_text)
+
+over the terms the step's parts produce (``MLMMVMModel.forward``): a paired part gives
+MVM_paired, MLM_paired and, with the alignment heads, ITC; an image-only part MVM_image;
+a text-only part MLM_text. A modality absent from the step contributes nothing.
 
 Shapes: ``B`` images or reports, ``N`` patches (a ``G x G`` grid), ``T`` tokens,
 ``P`` pixels per patch (patch_size^2 x channels).
@@ -12,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from baselines.common.text import IGNORE_INDEX
+from baselines.mlm_mvm.config import MLMMVMConfig
 
 
 def multiscale_patch_mask(batch: int, grid: int, scales: tuple[int, ...], ratio: float,
@@ -59,3 +68,28 @@ def image_report_contrastive_loss(images: torch.Tensor, reports: torch.Tensor, t
     logits = F.normalize(images.float(), dim=-1) @ F.normalize(reports.float(), dim=-1).T / temperature  # (B, B)
     target = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def total_loss(terms: dict[str, torch.Tensor], cfg: MLMMVMConfig) -> torch.Tensor:
+    """The objective ``L`` of the module docstring.
+
+    Args:
+        terms: the step's loss terms by name (``itc``, ``mvm_*``, ``mlm_*``).
+        cfg: the weights ``weight_itc``, ``weight_mvm``, ``weight_mlm``.
+
+    Returns:
+        ``weight_itc`` x ITC + ``weight_mvm`` x mean MVM terms + ``weight_mlm`` x mean MLM terms.
+
+    Raises:
+        ValueError: a step without any term.
+    """
+    mvm = [v for k, v in terms.items() if k.startswith("mvm")]
+    mlm = [v for k, v in terms.items() if k.startswith("mlm")]
+    total = terms["itc"] * cfg.weight_itc if "itc" in terms else 0.0
+    if mvm:
+        total = total + cfg.weight_mvm * torch.stack(mvm).mean()
+    if mlm:
+        total = total + cfg.weight_mlm * torch.stack(mlm).mean()
+    if not torch.is_tensor(total):
+        raise ValueError("mlm-mvm: a step with no paired, image-only or text-only part")
+    return total

@@ -1,7 +1,7 @@
 """A single-stream image-report transformer with MLM and multi-scale masked vision modelling.
 
 After Wang et al., "Self-supervised Image-text Pre-training With Mixed Data in
-Chest X-rays" (arXiv 2103.16022; specs/methods.md section 3). The paper's
+Chest X-rays" (arXiv 2103.16022; docs/methods.md section 3). The paper's
 architecture is not public: this one is the HARNESS'S DESIGN. One transformer
 reads a sequence of image patch tokens ([IMG] + ``G x G`` patches) and/or report
 tokens ([CLS] ... [SEP]); a modality embedding tells them apart. So the same
@@ -171,16 +171,3 @@ class MLMMVMModel(nn.Module):
             terms["mlm_text"] = self.masked_language_modelling(text_out, part["mlm_labels"])
         return terms
 
-
-def total_loss(terms: dict[str, torch.Tensor], cfg: MLMMVMConfig) -> torch.Tensor:
-    """``weight_mvm`` x mean MVM terms + ``weight_mlm`` x mean MLM terms + ``weight_itc`` x ITC."""
-    mvm = [v for k, v in terms.items() if k.startswith("mvm")]
-    mlm = [v for k, v in terms.items() if k.startswith("mlm")]
-    total = terms["itc"] * cfg.weight_itc if "itc" in terms else 0.0
-    if mvm:
-        total = total + cfg.weight_mvm * torch.stack(mvm).mean()
-    if mlm:
-        total = total + cfg.weight_mlm * torch.stack(mlm).mean()
-    if not torch.is_tensor(total):
-        raise ValueError("mlm-mvm: a step with no paired, image-only or text-only part")
-    return total

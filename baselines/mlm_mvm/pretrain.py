@@ -1,10 +1,12 @@
 """MLM-MVM pretraining on paired, image-only and text-only data, through the shared Trainer.
 
-Called by ``MLMMVMMethod.pretrain``. Steps: (1) ``streams`` splits the data into
-paired rows, image-only rows and text-only reports as ``mixing`` says (counts go
-to the checkpoint meta); (2) a WordPiece tokenizer on every report used, saved as
-``workdir/tokenizer.json``; (3) every step draws each non-empty part with its own
-sampler, its size proportional to the part's share of the data; (4) ``Trainer.fit``.
+The entry point of ``MLMMVMMethod.train`` (``BaselineMethod.pretrain`` calls it): the
+loop glue between the architecture (``model``) and the objective (``losses.total_loss``).
+Steps: (1) ``streams`` splits the data into paired rows, image-only rows and text-only
+reports as ``mixing`` says (counts go to the checkpoint meta); (2) a WordPiece tokenizer
+on every report used, saved as ``workdir/tokenizer.json``; (3) every step draws each
+non-empty part with its own sampler, its size proportional to the part's share of the
+data; (4) ``Trainer.fit``.
 
 Under DDP each part's sampler gives every rank its slice of the global batch; the
 contrastive term's negatives are the global batch's paired studies
@@ -16,7 +18,6 @@ masked tokens, then averaged over ranks).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,14 @@ import torch
 from baselines.common import distributed
 from baselines.common.config import to_dict
 from baselines.common.data import AugmentConfig, augment, normalize
+from baselines.common.method import data_meta
 from baselines.common.sampling import StepSampler
 from baselines.common.seeding import mix_seed, seed_all
 from baselines.common.text import TOKENIZER_FILE, TextTokenizer, mlm_mask, report_texts, workdir_tokenizer
 from baselines.common.train import StepContext, TrainConfig, Trainer, warmup_cosine
 from baselines.mlm_mvm.config import MLMMVMConfig
-from baselines.mlm_mvm.losses import multiscale_patch_mask
-from baselines.mlm_mvm.model import MLMMVMModel, total_loss
+from baselines.mlm_mvm.losses import multiscale_patch_mask, total_loss
+from baselines.mlm_mvm.model import MLMMVMModel
 from harness.data.schema import DataError
 from harness.encoders import Preprocess, PretrainRequest
 
@@ -137,8 +139,7 @@ class MixedBatches:
 def pretrain(request: PretrainRequest, cfg: MLMMVMConfig, card: dict) -> Path:
     """Train into ``request.workdir``; return the final checkpoint."""
     info = distributed.info()
-    if cfg.batch_size % info.world_size:
-        raise ValueError(f"mlm-mvm: batch_size {cfg.batch_size} not divisible by {info.world_size} processes")
+    cfg.rank_batch(info.world_size, "mlm-mvm")  # refuses a batch the ranks cannot share; part_sizes splits it
     s = streams(request, cfg)
     workdir = Path(request.workdir)
     tokenizer = workdir_tokenizer(s.paired_texts + s.texts, cfg.vocab_size, cfg.max_length, workdir)
@@ -147,7 +148,7 @@ def pretrain(request: PretrainRequest, cfg: MLMMVMConfig, card: dict) -> Path:
     samplers = {k: StepSampler(lengths[k], b, seed=mix_seed(request.seed, i), rank=info.rank,
                                world_size=info.world_size) for i, (k, b) in enumerate(sizes.items())}
     n_items = sum(lengths.values())
-    steps = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * n_items / cfg.batch_size)
+    steps = cfg.total_steps(n_items)
 
     seed_all(request.seed)
     model = MLMMVMModel(cfg, tokenizer.vocab_size, tokenizer.pad_id)
@@ -160,17 +161,13 @@ def pretrain(request: PretrainRequest, cfg: MLMMVMConfig, card: dict) -> Path:
     batches = MixedBatches(request.data.images, s, samplers, tokenizer, cfg, request.device)
     meta = {"method": "mlm-mvm", "config": to_dict(cfg), "card": card,
             "text": {"tokenizer": TOKENIZER_FILE, "vocab_size": tokenizer.vocab_size},
-            "data": {"dataset": request.data.dataset, "fingerprint": request.data.fingerprint,
-                     "data_source": request.data.data_source, "mixing": cfg.mixing, "part_sizes": sizes,
-                     **s.counts, "paired": lengths["paired"], "image_only": lengths["images"],
-                     "text_only": lengths["texts"]}}
-    train_cfg = TrainConfig(steps=steps, seed=request.seed, device=request.device, grad_clip=cfg.grad_clip,
-                            checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, amp=cfg.amp,
-                            progress=request.progress)
+            "data": data_meta(request.data, mixing=cfg.mixing, part_sizes=sizes, **s.counts,
+                              paired=lengths["paired"], image_only=lengths["images"], text_only=lengths["texts"])}
 
     def step(model: torch.nn.Module, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict]:
         terms = model(batch)
         return total_loss(terms, cfg), {k: v.detach() for k, v in terms.items()}
 
-    trainer = Trainer(model, optimizer, train_cfg, workdir, scheduler=scheduler, meta=meta)
+    trainer = Trainer(model, optimizer, TrainConfig.for_method(cfg, request, steps, grad_clip=cfg.grad_clip), workdir,
+                      scheduler=scheduler, meta=meta)
     return trainer.fit(step, batches, sampler=samplers[next(iter(samplers))])

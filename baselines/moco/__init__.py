@@ -3,7 +3,7 @@
 Dalla Serra et al. (MIUA 2022) initialise the image model of a multimodal
 classifier from MoCo pretraining on unlabelled CXRs; their MoCo settings are not
 public, so the harness uses MoCo-CXR's (Sowrirajan et al. 2021), as
-specs/methods.md sections 1, 5.1 and 7 decide. Usage::
+docs/methods.md sections 1, 5.1 and 7 decide. Usage::
 
     python -m harness run --method moco --task mimic-cls                   # small: EfficientNet-Lite0, CPU minutes
     python -m harness run --method moco --task mimic-cls --profile paper   # ResNet-50, 224 px, 20 epochs (GPU)
@@ -18,10 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from baselines.common.backbones import build_backbone
-from baselines.common.config import from_dict
-from baselines.common.encoder import BackboneEncoder, card_meta, imagenet_preprocess
-from baselines.common.train import load_checkpoint
+from baselines.common.encoder import BackboneEncoder, imagenet_preprocess
+from baselines.common.method import BaselineMethod
 from baselines.moco.config import PROFILES, MoCoConfig
 from harness.encoders import MethodCard, PretrainRequest
 
@@ -32,39 +33,29 @@ PAPER = ("MoCo v2 (He et al. CVPR 2020; Chen et al. arXiv 2003.04297) with the M
          "as used for image pretraining by Dalla Serra et al. MIUA 2022 (whose own MoCo settings are unpublished)")
 
 
-def card_for(cfg: MoCoConfig) -> MethodCard:
-    seen = ("{task}", "imagenet:train") if cfg.init == "imagenet" else ("{task}",)
-    return MethodCard(
-        name="moco", paper=PAPER, preprocess=imagenet_preprocess(cfg.image_size, 3), pretraining_data=seen,
-        notes=(f"{cfg.backbone} at {cfg.image_size} px, init {cfg.init}; harness choices: queue capped at the "
-               "training-set size, single-process shuffle-BN by sub-batches, grey repeated to 3 channels with "
-               "ImageNet mean/std"),
-    )
-
-
-class MoCoMethod:
+class MoCoMethod(BaselineMethod):
     """The ``moco`` method (see the module docstring)."""
 
-    profiles: dict[str, dict[str, Any]] = PROFILES
+    name, paper, config_class, profiles = "moco", PAPER, MoCoConfig, PROFILES
+    weights_prefix, weights_part = "encoder_q.backbone.", "MoCo query encoder"
 
-    def __init__(self) -> None:
-        self.card = card_for(from_dict(MoCoConfig, PROFILES["small"]))
+    def card_for(self, cfg: MoCoConfig) -> MethodCard:
+        seen = ("{task}", "imagenet:train") if cfg.init == "imagenet" else ("{task}",)
+        return MethodCard(
+            name=self.name, paper=self.paper, preprocess=imagenet_preprocess(cfg.image_size, 3),
+            pretraining_data=seen,
+            notes=(f"{cfg.backbone} at {cfg.image_size} px, init {cfg.init}; harness choices: queue capped at the "
+                   "training-set size, single-process shuffle-BN by sub-batches, grey repeated to 3 channels with "
+                   "ImageNet mean/std"),
+        )
 
-    def pretrain(self, request: PretrainRequest) -> Path:
+    def train(self, request: PretrainRequest, cfg: MoCoConfig, card: dict[str, Any]) -> Path:
         from baselines.moco.pretrain import pretrain
 
-        cfg = from_dict(MoCoConfig, request.config, what="moco config")
-        return pretrain(request, cfg, card=card_meta(card_for(cfg)))
+        return pretrain(request, cfg, card=card)
 
-    def load(self, checkpoint: Path | None, config: dict[str, Any]) -> BackboneEncoder:
-        cfg = from_dict(MoCoConfig, config, what="moco config")
-        if checkpoint is None:
-            raise ValueError("moco: needs the checkpoint that pretrain returned (got None)")
-        state = load_checkpoint(checkpoint)["model"]
-        prefix = "encoder_q.backbone."
-        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not weights:
-            raise ValueError(f"{checkpoint}: no MoCo query encoder ('{prefix}*') in this checkpoint")
+    def build_encoder(self, cfg: MoCoConfig, weights: dict[str, torch.Tensor] | None, checkpoint: Path | None
+                      ) -> BackboneEncoder:
         backbone = build_backbone(cfg.backbone, in_chans=3, image_size=cfg.image_size)
         backbone.load_state_dict(weights)
-        return BackboneEncoder(backbone, card_for(cfg)).eval()
+        return BackboneEncoder(backbone, self.card_for(cfg))

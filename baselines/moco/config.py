@@ -1,6 +1,6 @@
 """MoCo v2 with the MoCo-CXR recipe: the config and its three profiles.
 
-``paper`` follows MoCo-CXR's scripts (specs/methods.md 5.1: Adam lr 1e-4, wd 1e-4,
+``paper`` follows MoCo-CXR's scripts (docs/methods.md section 5.1: Adam lr 1e-4, wd 1e-4,
 batch 16, 20 epochs, lr x0.1 at epochs 12/18/24, T 0.2, m 0.999, dim 128, queue
 24,576, flip + 10 degree rotation + crop, no colour jitter) with the harness's
 ResNet-50 at 224 px (MoCo-CXR used ResNet-18 / DenseNet-121 at 320 px: harness
@@ -12,13 +12,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from baselines.common.config import to_dict
+from baselines.common.config import TrainingConfig, to_dict
 
 
 @dataclass(frozen=True)
-class MoCoConfig:
-    backbone: str = "efficientnet_lite0"
+class MoCoConfig(TrainingConfig):
+    """MoCo v2 with the MoCo-CXR recipe. From ``TrainingConfig`` unchanged: Adam (MoCo-CXR) lr 1e-4 and
+    weight decay 1e-4, rotation 10 degrees, brightness and contrast 0.1, ``steps``, ``log_every``, ``amp``, seed 0."""
+
     image_size: int = 96
+    batch_size: int = 32  # global, over all processes (as MoCo's --batch-size); MoCo-CXR: 16
+    epochs: float = 20.0
+    checkpoint_every: int = 200
+    backbone: str = "efficientnet_lite0"
     init: str = "imagenet"  # imagenet: start from supervised ImageNet weights (MoCo-CXR --from-imagenet) | random
     weights: str | None = None  # ImageNet weights file for init=imagenet; None: the default source
     dim: int = 128  # MoCo feature dimension (output of the MLP head)
@@ -32,21 +38,9 @@ class MoCoConfig:
     # train: BatchNorm statistics follow the training batches (MoCo) | frozen: keep the initial (ImageNet)
     # statistics; with frozen statistics no batch statistics are shared, so shuffle BN has nothing to hide
     bn_stats: str = "train"
-    batch_size: int = 32  # global, over all processes (as MoCo's --batch-size); MoCo-CXR: 16
-    lr: float = 1e-4  # Adam, MoCo-CXR
-    weight_decay: float = 1e-4
-    epochs: float = 20.0
-    steps: int | None = None  # overrides epochs when set (the CPU profiles train for a fixed budget)
     lr_decay_epochs: tuple[float, ...] = (12.0, 18.0, 24.0)  # x0.1 at each (MoCo-CXR); 24 is past 20 epochs
     scale: tuple[float, float] = (0.6, 1.0)  # random resized crop area: conservative, the thorax stays in view
-    rotation: float = 10.0
     hflip: bool = True
-    brightness: float = 0.1
-    contrast: float = 0.1
-    checkpoint_every: int = 200
-    log_every: int = 10
-    amp: str = "auto"
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.bn_stats not in ("train", "frozen"):

@@ -1,12 +1,12 @@
 """MoCo pretraining on a task's training images: builds the model and hands it to the shared Trainer.
 
-Called by ``MoCoMethod.pretrain``; resumable (a checkpoint in ``workdir`` is picked
-up) and DDP-ready (launch the runner under ``torchrun`` or a multi-task submitit job).
+The entry point of ``MoCoMethod.train`` (``BaselineMethod.pretrain`` calls it); resumable (a
+checkpoint in ``workdir`` is picked up) and DDP-ready (launch the runner under ``torchrun`` or
+a multi-task submitit job). The loss is InfoNCE on the logits ``model.MoCo`` returns (``_moco_step``).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -17,6 +17,7 @@ from baselines.common.backbones import Backbone, build_backbone
 from baselines.common.config import to_dict
 from baselines.common.data import AugmentConfig, ViewBatches
 from baselines.common.encoder import imagenet_preprocess
+from baselines.common.method import data_meta
 from baselines.common.sampling import StepSampler
 from baselines.common.seeding import seed_all
 from baselines.common.train import StepContext, TrainConfig, Trainer, step_decay
@@ -28,7 +29,7 @@ from harness.encoders import PretrainRequest
 def base_encoder(cfg: MoCoConfig) -> Backbone:
     """The backbone MoCo starts from: ImageNet weights (MoCo-CXR ``--from-imagenet``) or random."""
     if cfg.init == "imagenet":
-        from baselines.imagenet import imagenet_backbone
+        from baselines.imagenet.weights import imagenet_backbone
 
         return imagenet_backbone(cfg.backbone, image_size=cfg.image_size, weights=cfg.weights)
     return build_backbone(cfg.backbone, in_chans=3, image_size=cfg.image_size)
@@ -47,18 +48,13 @@ def queue_size(cfg: MoCoConfig, num_images: int, global_batch: int) -> int:
     return cap
 
 
-def total_steps(cfg: MoCoConfig, num_images: int, global_batch: int) -> int:
-    return cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * num_images / global_batch)
-
-
 def pretrain(request: PretrainRequest, cfg: MoCoConfig, card: dict) -> Path:
     """Train MoCo on ``request.data.images`` into ``request.workdir``; return the final checkpoint."""
     info = distributed.info()
     images = request.data.images
     global_batch = cfg.batch_size  # MoCo's --batch-size is the total over all processes
-    if global_batch % info.world_size:
-        raise ValueError(f"moco: batch_size {global_batch} is not divisible by the {info.world_size} processes")
-    steps = total_steps(cfg, len(images), global_batch)
+    rank_batch = cfg.rank_batch(info.world_size, "moco")
+    steps = cfg.total_steps(len(images))
     K = queue_size(cfg, len(images), global_batch)
     steps_per_epoch = len(images) / global_batch
 
@@ -69,20 +65,16 @@ def pretrain(request: PretrainRequest, cfg: MoCoConfig, card: dict) -> Path:
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = step_decay(optimizer, tuple(round(e * steps_per_epoch) for e in cfg.lr_decay_epochs))
 
-    sampler = StepSampler(len(images), global_batch // info.world_size, seed=request.seed, rank=info.rank,
-                          world_size=info.world_size)
+    sampler = StepSampler(len(images), rank_batch, seed=request.seed, rank=info.rank, world_size=info.world_size)
     view = AugmentConfig(scale=cfg.scale, rotation=cfg.rotation, hflip=cfg.hflip, brightness=cfg.brightness,
                          contrast=cfg.contrast)
     batches = ViewBatches(images, sampler, (view, view), imagenet_preprocess(cfg.image_size, 3),
                           device=request.device)
 
-    train_cfg = TrainConfig(steps=steps, seed=request.seed, device=request.device,
-                            checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, amp=cfg.amp,
-                            progress=request.progress)
     meta = {"method": "moco", "config": to_dict(cfg), "queue_size_used": K, "card": card,
-            "data": {"dataset": request.data.dataset, "fingerprint": request.data.fingerprint,
-                     "data_source": request.data.data_source, "num_images": len(images)}}
-    trainer = Trainer(model, optimizer, train_cfg, request.workdir, scheduler=scheduler, meta=meta)
+            "data": data_meta(request.data, num_images=len(images))}
+    trainer = Trainer(model, optimizer, TrainConfig.for_method(cfg, request, steps), request.workdir,
+                      scheduler=scheduler, meta=meta)
     return trainer.fit(_moco_step, batches, sampler=sampler)
 
 

@@ -1,7 +1,7 @@
 """``msn`` and ``msn-ehr``: Masked Siamese Networks, without and with EHR fused into the anchor branch.
 
 Shurrab, Guerra-Manzanares, Shamout, "Multimodal masked siamese network improves
-chest X-ray representation learning", Sci Rep 2024 (specs/methods.md section 4;
+chest X-ray representation learning", Sci Rep 2024 (docs/methods.md section 4;
 the recipe is the authors' code, github.com/nyuad-cai/CXR-EHR-MSN). Usage::
 
     python -m harness run --method msn --task mimic-cls                      # small: ViT-Tiny/8 at 64 px, CPU
@@ -28,8 +28,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from baselines.common.encoder import BackboneEncoder, card_meta, imagenet_preprocess
-from baselines.common.train import load_checkpoint
+import torch
+
+from baselines.common.encoder import BackboneEncoder, imagenet_preprocess
+from baselines.common.method import BaselineMethod
 from baselines.msn_ehr.config import (
     MSN_EHR_PROFILES,
     MSN_PROFILES,
@@ -53,18 +55,14 @@ HARNESS_CHOICES = ("harness choices: training split only; prototypes trained (th
                    "evaluated, CLS token global, patch tokens regions")
 
 
-class MSNMethod:
+class MSNMethod(BaselineMethod):
     """The ``msn`` method: vanilla MSN (see the module docstring)."""
 
-    name = "msn"
-    config_class: type[MSNConfig] = MSNConfig
-    profiles: dict[str, dict[str, Any]] = MSN_PROFILES
-
-    def __init__(self) -> None:
-        self.card = self.card_for(self.config(self.profiles["small"]))
+    name, paper, config_class, profiles = "msn", PAPER, MSNConfig, MSN_PROFILES
+    weights_prefix, weights_part = "target_backbone.", "MSN target backbone"
 
     def config(self, values: dict[str, Any]) -> MSNConfig:
-        return build_config(self.config_class, values, what=f"{self.name} config")
+        return build_config(self.config_class, values, what=f"{self.name} config")  # with the nested ehr section
 
     def card_for(self, cfg: MSNConfig) -> MethodCard:
         model = (f"{cfg.backbone} (patch {cfg.patch_size}, {cfg.num_heads} heads) at {cfg.image_size} px, "
@@ -74,35 +72,25 @@ class MSNMethod:
         if isinstance(cfg, MSNEHRConfig):
             ehr = (f"; EHR {'+'.join(cfg.ehr.groups)} (age {cfg.ehr.age_encoding}, missing EHR "
                    f"{cfg.ehr.missing}) fused into the anchor branch in pretraining only")
-        return MethodCard(name=self.name, paper=PAPER, preprocess=imagenet_preprocess(cfg.image_size, 1),
+        return MethodCard(name=self.name, paper=self.paper, preprocess=imagenet_preprocess(cfg.image_size, 1),
                           pretraining_data=("{task}",), capabilities=("image", "image_regions", "trainable"),
                           notes=f"{model}, random init{ehr}; {HARNESS_CHOICES}")
 
-    def pretrain(self, request: PretrainRequest) -> Path:
+    def train(self, request: PretrainRequest, cfg: MSNConfig, card: dict[str, Any]) -> Path:
         from baselines.msn_ehr.pretrain import pretrain
 
-        cfg = self.config(request.config)
-        return pretrain(request, cfg, card=card_meta(self.card_for(cfg)))
+        return pretrain(request, cfg, card=card)
 
-    def load(self, checkpoint: Path | None, config: dict[str, Any]) -> BackboneEncoder:
-        """The target (EMA) ViT of ``checkpoint`` as an image + region encoder."""
-        cfg = self.config(config)
-        if checkpoint is None:
-            raise ValueError(f"{self.name}: needs the checkpoint that pretrain returned (got None)")
-        state = load_checkpoint(checkpoint)["model"]
-        prefix = "target_backbone."
-        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not weights:
-            raise ValueError(f"{checkpoint}: no MSN target backbone ('{prefix}*') in this checkpoint")
+    def build_encoder(self, cfg: MSNConfig, weights: dict[str, torch.Tensor] | None, checkpoint: Path | None
+                      ) -> BackboneEncoder:
+        """The target (EMA) ViT of the checkpoint as an image + region encoder."""
         backbone = build_vit(cfg.backbone, patch_size=cfg.patch_size, num_heads=cfg.num_heads,
                              image_size=cfg.image_size)
         backbone.load_state_dict(weights)
-        return BackboneEncoder(backbone, self.card_for(cfg)).eval()
+        return BackboneEncoder(backbone, self.card_for(cfg))
 
 
 class MSNEHRMethod(MSNMethod):
     """The ``msn-ehr`` method: MSN with the EHR vector fused into the anchor branch."""
 
-    name = "msn-ehr"
-    config_class = MSNEHRConfig
-    profiles = MSN_EHR_PROFILES
+    name, config_class, profiles = "msn-ehr", MSNEHRConfig, MSN_EHR_PROFILES

@@ -1,9 +1,11 @@
 """MSN / MSN+EHR pretraining on a task's training images: builds the model and hands it to the shared Trainer.
 
-Called by ``MSNMethod.pretrain`` / ``MSNEHRMethod.pretrain``. Train-only by
-construction: ``TrainingData`` holds the task's TRAINING split and nothing else
-(``harness.cohort.training_data``), which fixes the released code's pretraining on
-all 376,201 images. Resumable and DDP-ready through ``baselines.common.train``.
+The entry point of ``MSNMethod.train`` / ``MSNEHRMethod.train`` (``BaselineMethod.pretrain``
+calls it): the loop glue between the architecture (``model.MSN``) and the objective
+(``losses.MSNLoss``). Train-only by construction: ``TrainingData`` holds the task's
+TRAINING split and nothing else (``harness.cohort.training_data``), which fixes the
+released code's pretraining on all 376,201 images. Resumable and DDP-ready through
+``baselines.common.train``.
 
 EHR (``msn-ehr`` only) comes from the ``ehr_*`` columns the MIMIC-CXR adapter
 joins from MIMIC-IV, encoded by ``harness.data.ehr.encode_ehr``. Images without
@@ -14,7 +16,6 @@ EHR are imputed or excluded as ``ehr.missing`` says; the counts go to the log,
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,14 @@ import torch
 from baselines.common import distributed
 from baselines.common.data import AugmentConfig, ViewBatches
 from baselines.common.encoder import imagenet_preprocess
+from baselines.common.method import data_meta
 from baselines.common.sampling import StepSampler
 from baselines.common.seeding import seed_all
 from baselines.common.train import StepContext, TrainConfig, Trainer, warmup_cosine
 from baselines.msn_ehr.config import EHRConfig, MSNConfig, MSNEHRConfig, config_dict
 from baselines.msn_ehr.losses import MSNLoss
 from baselines.msn_ehr.model import MSN, build_vit
+from harness.cohort import ImageView
 from harness.data.ehr import GROUPS, VIEWS, ehr_coverage, encode_ehr
 from harness.data.schema import DataError
 from harness.encoders import PretrainRequest
@@ -93,19 +96,6 @@ def ehr_features(frame: pd.DataFrame, ehr: EHRConfig) -> tuple[np.ndarray, np.nd
     return features, keep, info
 
 
-class RowSubset:
-    """Rows ``rows`` of an image view, indexable like it (``(M, S, S)`` uint8)."""
-
-    def __init__(self, images: Any, rows: np.ndarray) -> None:
-        self.images, self.rows = images, np.asarray(rows, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, idx: Any) -> np.ndarray:
-        return self.images[self.rows[idx]]
-
-
 class MSNBatches:
     """The Trainer batch: ``ViewBatches``' views (target, random anchor, focal anchors) plus each image's EHR."""
 
@@ -143,10 +133,9 @@ def pretrain(request: PretrainRequest, cfg: MSNConfig, card: dict[str, Any]) -> 
     if isinstance(cfg, MSNEHRConfig):
         features, keep, ehr_info = ehr_features(frame, cfg.ehr)
         ehr = torch.from_numpy(features)  # (M, ehr_in), row-aligned with the kept images
-        images = RowSubset(images, keep)
-    if cfg.batch_size % info.world_size:
-        raise ValueError(f"msn: batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes")
-    steps = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * len(images) / cfg.batch_size)
+        images = ImageView(images, keep)  # the kept images, row-aligned with the EHR vectors
+    rank_batch = cfg.rank_batch(info.world_size, "msn")
+    steps = cfg.total_steps(len(images))
 
     seed_all(request.seed)  # the initialisation (ViT, heads, prototypes, fusion) is a function of the seed
     model = build_model(cfg, ehr.shape[1] if ehr is not None else 0)
@@ -155,18 +144,13 @@ def pretrain(request: PretrainRequest, cfg: MSNConfig, card: dict[str, Any]) -> 
     scheduler = warmup_cosine(optimizer, steps, cfg.warmup_steps)  # cosine to 0 (the code: per epoch)
     loss_fn = MSNLoss(cfg.temperature, cfg.sharpen_temperature, cfg.sinkhorn_iterations, cfg.me_max_weight)
 
-    sampler = StepSampler(len(images), cfg.batch_size // info.world_size, seed=request.seed, rank=info.rank,
-                          world_size=info.world_size)
+    sampler = StepSampler(len(images), rank_batch, seed=request.seed, rank=info.rank, world_size=info.world_size)
     views = ViewBatches(images, sampler, view_configs(cfg), imagenet_preprocess(cfg.image_size, 1),
                         device=request.device)
-    train_cfg = TrainConfig(steps=steps, seed=request.seed, device=request.device,
-                            checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, amp=cfg.amp,
-                            progress=request.progress)
     meta = {"method": card["name"], "config": config_dict(cfg), "card": card, "ehr": ehr_info,
-            "data": {"dataset": request.data.dataset, "fingerprint": request.data.fingerprint,
-                     "data_source": request.data.data_source, "num_images": len(frame),
-                     "num_images_used": len(images)}}
-    trainer = Trainer(model, optimizer, train_cfg, request.workdir, scheduler=scheduler, meta=meta)
+            "data": data_meta(request.data, num_images=len(frame), num_images_used=len(images))}
+    trainer = Trainer(model, optimizer, TrainConfig.for_method(cfg, request, steps), request.workdir,
+                      scheduler=scheduler, meta=meta)
 
     def step(model: torch.nn.Module, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict]:
         anchors, targets, prototypes = model(batch["views"], batch.get("ehr"), generator=ctx.generator(1))

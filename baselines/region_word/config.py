@@ -1,6 +1,6 @@
 """JoImTeRNet-style region-word alignment: the config and its three profiles.
 
-``paper`` follows the authors' ``misc/config.py`` (specs/methods.md section 2):
+``paper`` follows the authors' ``misc/config.py`` (docs/methods.md section 2):
 joint dim 512, text BERT from scratch (512 hidden, 3 layers, 8 heads, FFN 2048),
 GAMMA1 4 / GAMMA2 5 / GAMMA3 10, margins 0.5, lambda_DAMSM 1, lambda_TRIPLET 2,
 AdamW lr 1e-4 wd 1e-4, clip 1.5, batch 128, 35 epochs with x0.1 at epoch 20,
@@ -16,14 +16,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from baselines.common.config import to_dict
+from baselines.common.config import TrainingConfig, to_dict
 from baselines.common.text import TEXT_MODELS, is_text_model
 
 
 @dataclass(frozen=True)
-class RegionWordConfig:
+class RegionWordConfig(TrainingConfig):
+    """JoImTeRNet's fields. From ``TrainingConfig`` unchanged: 224 px, batch 128, AdamW lr 1e-4 and
+    weight decay 1e-4, brightness and contrast 0.1, checkpoints every 1,000 steps, ``steps``, ``amp``."""
+
+    epochs: float = 35.0
+    rotation: float = 15.0  # paper RandomRotation(15)
+    log_every: int = 50
+    seed: int = 42
     backbone: str = "resnet18"
-    image_size: int = 224
     init: str = "random"  # random (paper: image encoder from scratch) | imagenet
     embed_dim: int = 512  # the joint space (regions, global image vector, words, sentence)
     text_model: str = "scratch"  # scratch: BERT from a BertConfig on a WordPiece vocabulary | minilm | a local HF dir
@@ -46,21 +52,9 @@ class RegionWordConfig:
     # choice for short CPU runs, where 70 % text-only steps would starve the image side).
     itm_probability: float | None = 0.3
     mlm_probability: float = 0.15
-    batch_size: int = 128
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
     grad_clip: float = 1.5
-    epochs: float = 35.0
-    steps: int | None = None  # overrides epochs when set
     lr_decay_epochs: tuple[float, ...] = (20.0,)
     scale: tuple[float, float] = (0.8, 1.0)  # crop area (paper: RandomCrop of a padded image)
-    rotation: float = 15.0  # paper RandomRotation(15)
-    brightness: float = 0.1
-    contrast: float = 0.1
-    checkpoint_every: int = 1000
-    log_every: int = 50
-    amp: str = "auto"
-    seed: int = 42
 
     def __post_init__(self) -> None:
         if self.init not in ("imagenet", "random"):

@@ -1,6 +1,6 @@
 """The region-word model: an image encoder and a text encoder projected into one joint space.
 
-JoImTeRNet (Ji, Shaikh et al., MLMI 2021; specs/methods.md section 2) with a
+JoImTeRNet (Ji, Shaikh et al., MLMI 2021; docs/methods.md section 2) with a
 harness backbone: the backbone's last-stage map gives the regions (a 1x1
 projection = ``Linear`` on each region row) and its pooled vector the global
 image feature (``Linear``); the text encoder's token outputs give the word
@@ -59,9 +59,3 @@ class RegionWordModel(nn.Module):
         tokens, _ = self.text(input_ids, attention_mask)
         return self.mlm_head(tokens[selected])
 
-
-def word_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """The words that enter word-region matching: real tokens except [CLS] (position 0), as in the paper."""
-    mask = attention_mask.bool().clone()
-    mask[:, 0] = False
-    return mask

@@ -1,15 +1,16 @@
 """Region-word pretraining on a task's training image-report pairs, through the shared Trainer.
 
-Called by ``RegionWordMethod.pretrain``. Steps: (1) the report of every training
-row (findings + impression); rows without any report text are a counted skip
-(recorded in the checkpoint meta as ``skipped_no_text``); (2) the WordPiece
-tokenizer trained on those reports and saved as ``workdir/tokenizer.json`` (or
-MiniLM's); (3) the model and one AdamW with an image and a text parameter group
-(the paper's two AdamW optimisers, same settings); (4) ``Trainer.fit`` with the
-summed losses. Resumable and DDP-ready like every baseline.
+The entry point of ``RegionWordMethod.train`` (``BaselineMethod.pretrain`` calls it): the
+loop glue between the architecture (``model``) and the objective (``losses.total_loss``).
+Steps: (1) the report of every training row (findings + impression); rows without any
+report text are a counted skip (recorded in the checkpoint meta as ``skipped_no_text``);
+(2) the WordPiece tokenizer trained on those reports and saved as ``workdir/tokenizer.json``
+(or MiniLM's); (3) the model and one AdamW with an image and a text parameter group (the
+paper's two AdamW optimisers, same settings); (4) ``Trainer.fit`` with ``losses.total_loss``.
+Resumable and DDP-ready like every baseline.
 
 Under DDP (W processes, global batch B = W x B/W) the in-batch negatives are the
-GLOBAL batch, as on one process: ``gather_pairs`` collects every rank's image and
+GLOBAL batch, as on one process: ``losses.gather_pairs`` collects every rank's image and
 text features (with gradient) and every rank scores all B x B pairs. Each rank's
 ITM loss is then the one-process loss itself; the gather's backward sums the W
 ranks' gradients for each rank's own rows and DDP averages over the W ranks, so the
@@ -23,7 +24,6 @@ the images it loads), BatchNorm statistics (per rank), dropout, and the MLM loss
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from baselines.common.backbones import Backbone, build_backbone
 from baselines.common.config import to_dict
 from baselines.common.data import AugmentConfig, ViewBatches
 from baselines.common.encoder import imagenet_preprocess
+from baselines.common.method import data_meta
 from baselines.common.sampling import StepSampler
 from baselines.common.seeding import seed_all, step_generator
 from baselines.common.text import (
@@ -50,14 +51,15 @@ from baselines.common.text import (
 from baselines.common.train import StepContext, TrainConfig, Trainer, step_decay
 from baselines.region_word import losses
 from baselines.region_word.config import RegionWordConfig
-from baselines.region_word.model import RegionWordModel, word_mask
+from baselines.region_word.model import RegionWordModel
+from harness.cohort import ImageView
 from harness.data.schema import DataError
 from harness.encoders import PretrainRequest
 
 
 def image_backbone(cfg: RegionWordConfig) -> Backbone:
     if cfg.init == "imagenet":
-        from baselines.imagenet import imagenet_backbone
+        from baselines.imagenet.weights import imagenet_backbone
 
         return imagenet_backbone(cfg.backbone, image_size=cfg.image_size)
     return build_backbone(cfg.backbone, in_chans=3, image_size=cfg.image_size)
@@ -79,19 +81,6 @@ def tokenizer_for(cfg: RegionWordConfig, texts: list[str], workdir: Path) -> Tex
     if cfg.text_model != "scratch":
         return pretrained_tokenizer(cfg.text_model, cfg.max_length)
     return workdir_tokenizer(texts, cfg.vocab_size, cfg.max_length, workdir)
-
-
-class _Rows:
-    """``images`` restricted to ``rows`` (the pairs that have a report), still indexable by arrays."""
-
-    def __init__(self, images: Any, rows: np.ndarray) -> None:
-        self.images, self.rows = images, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, idx: Any) -> np.ndarray:
-        return self.images[self.rows[idx]]
 
 
 class PairBatches:
@@ -127,15 +116,6 @@ class PairBatches:
                 "mlm_ids": masked[mine], "mlm_labels": labels[mine]}
 
 
-def gather_pairs(*features: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Every rank's ``(B/W, ...)`` features -> ``(B, ...)`` in rank order, with gradient (identity on one process).
-
-    The one place region-word talks to other processes: the matching losses then see the
-    global batch's negatives (see the module docstring for why the gradients are exact).
-    """
-    return tuple(distributed.all_gather_with_grad(f) for f in features)
-
-
 def region_word_losses(model: torch.nn.Module, batch: dict, cfg: RegionWordConfig, generator: torch.Generator
                        ) -> dict[str, torch.Tensor]:
     """Every loss term of one batch (unweighted), named as in the paper's trainer; ``model`` may be DDP.
@@ -145,52 +125,9 @@ def region_word_losses(model: torch.nn.Module, batch: dict, cfg: RegionWordConfi
     selected = batch["mlm_labels"] != IGNORE_INDEX
     image_global, regions, sentence, words, mlm_logits = model(batch["images"], batch["input_ids"],
                                                                batch["attention_mask"], batch["mlm_ids"], selected)
-    out = matching_losses(image_global, regions, sentence, words, batch["attention_mask"], cfg, generator)
+    out = losses.matching_losses(image_global, regions, sentence, words, batch["attention_mask"], cfg, generator)
     out["mlm"] = losses.mlm_loss(mlm_logits, batch["mlm_labels"][selected])
     return out
-
-
-def matching_losses(image_global: torch.Tensor, regions: torch.Tensor, sentence: torch.Tensor, words: torch.Tensor,
-                    attention_mask: torch.Tensor, cfg: RegionWordConfig, generator: torch.Generator
-                    ) -> dict[str, torch.Tensor]:
-    """The ITM terms (sentence and word-region CE, triplets) of the GLOBAL batch: this rank's ``(B/W, ...)``
-    features are gathered with every other rank's, so the negatives are those one process would see."""
-    image_global, regions, sentence, words = gather_pairs(image_global, regions, sentence, words)
-    words_used = word_mask(distributed.concat_all_gather(attention_mask))  # (B, L)
-    sent_logits = losses.sentence_logits(image_global, sentence, cfg.gamma3)  # (B_img, B_txt)
-    word_scores = losses.word_region_scores(words, words_used, regions, cfg.gamma1, cfg.gamma2).T  # (B_img, B_txt)
-    n = sent_logits.shape[0]
-    negatives = (losses.random_negatives(n, generator), losses.random_negatives(n, generator))
-    out: dict[str, torch.Tensor] = {}
-    out["sent_i2t"], out["sent_t2i"] = losses.bidirectional_ce(sent_logits)
-    out["word_i2t"], out["word_t2i"] = losses.bidirectional_ce(cfg.gamma3 * word_scores)
-    out["trip_sent_img"], out["trip_sent_txt"] = losses.triplet_from_similarity(sent_logits / cfg.gamma3, negatives,
-                                                                               cfg.margin)
-    out["trip_word_img"], out["trip_word_txt"] = losses.triplet_from_similarity(word_scores, negatives, cfg.margin)
-    out["i2t_top1"] = (sent_logits.argmax(1) == torch.arange(n, device=sent_logits.device)).float().mean()
-    return out
-
-
-def total_loss(terms: dict[str, torch.Tensor], cfg: RegionWordConfig, itm_step: bool | None = None
-               ) -> torch.Tensor:
-    """The weighted sum; ``itm_step`` True / False keeps only the ITM / MLM part (the paper's sampled steps)."""
-    itm = (cfg.weight_sentence * (terms["sent_i2t"] + terms["sent_t2i"])
-           + cfg.weight_word * (terms["word_i2t"] + terms["word_t2i"])
-           + cfg.weight_triplet * (terms["trip_sent_img"] + terms["trip_sent_txt"] + terms["trip_word_img"]
-                                   + terms["trip_word_txt"]))
-    mlm = cfg.weight_mlm * terms["mlm"]
-    if itm_step is None:
-        return itm + mlm
-    # The unused part is multiplied by 0, not skipped: every parameter still gets a (zero) gradient, which
-    # DDP needs, and the graph is the same on every rank.
-    return itm + 0.0 * mlm if itm_step else 0.0 * itm + mlm
-
-
-def is_itm_step(cfg: RegionWordConfig, seed: int, step: int) -> bool | None:
-    """The paper's per-step task draw, identical on every rank (rank 0's stream); None when summing."""
-    if cfg.itm_probability is None:
-        return None
-    return bool(torch.rand((), generator=step_generator(seed, step, 0, 7)) < cfg.itm_probability)
 
 
 def pretrain(request: PretrainRequest, cfg: RegionWordConfig, card: dict) -> Path:
@@ -205,9 +142,8 @@ def pretrain(request: PretrainRequest, cfg: RegionWordConfig, card: dict) -> Pat
         raise DataError(f"region-word: {data.dataset} has {len(rows)} training images with report text "
                          "(findings/impression); image-text pretraining needs at least 2")
     texts = [texts[i] for i in rows]
-    if cfg.batch_size % info.world_size:
-        raise ValueError(f"region-word: batch_size {cfg.batch_size} not divisible by {info.world_size} processes")
-    steps = cfg.steps if cfg.steps is not None else math.ceil(cfg.epochs * len(rows) / cfg.batch_size)
+    rank_batch = cfg.rank_batch(info.world_size, "region-word")
+    steps = cfg.total_steps(len(rows))
     steps_per_epoch = len(rows) / cfg.batch_size
 
     tokenizer = tokenizer_for(cfg, texts, Path(request.workdir))
@@ -223,33 +159,29 @@ def pretrain(request: PretrainRequest, cfg: RegionWordConfig, card: dict) -> Pat
                                   weight_decay=cfg.weight_decay)
     scheduler = step_decay(optimizer, tuple(round(e * steps_per_epoch) for e in cfg.lr_decay_epochs))
 
-    sampler = StepSampler(len(rows), cfg.batch_size // info.world_size, seed=request.seed, rank=info.rank,
-                          world_size=info.world_size)
+    sampler = StepSampler(len(rows), rank_batch, seed=request.seed, rank=info.rank, world_size=info.world_size)
     view = AugmentConfig(scale=cfg.scale, rotation=cfg.rotation, hflip=False, brightness=cfg.brightness,
                          contrast=cfg.contrast)  # no flip: reports name the side ("left pleural effusion")
-    views = ViewBatches(_Rows(data.images, rows), sampler, (view,), imagenet_preprocess(cfg.image_size, 3),
+    views = ViewBatches(ImageView(data.images, rows), sampler, (view,), imagenet_preprocess(cfg.image_size, 3),
                         device=request.device)
     global_sampler = StepSampler(len(rows), cfg.batch_size, seed=request.seed)  # one process's view of the stream
     batches = PairBatches(views, global_sampler, input_ids, attention_mask, tokenizer, cfg.mlm_probability)
 
-    train_cfg = TrainConfig(steps=steps, seed=request.seed, device=request.device, grad_clip=cfg.grad_clip,
-                            checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, amp=cfg.amp,
-                            progress=request.progress)
     meta = {"method": "region-word", "config": to_dict(cfg), "card": card,
             "text": {"tokenizer": TOKENIZER_FILE if cfg.text_model == "scratch" else cfg.text_model,
                      "vocab_size": tokenizer.vocab_size},
-            "data": {"dataset": data.dataset, "fingerprint": data.fingerprint, "data_source": data.data_source,
-                     "num_images": len(data.images), "num_pairs": len(rows),
-                     "skipped_no_text": int(len(data.images) - len(rows))}}
+            "data": data_meta(data, num_images=len(data.images), num_pairs=len(rows),
+                              skipped_no_text=int(len(data.images) - len(rows)))}
 
     def step(model: torch.nn.Module, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict]:
         # rank 0's stream on every rank: the triplet negatives of the global batch are one process's
         terms = region_word_losses(model, batch, cfg, step_generator(ctx.seed, ctx.step, 0, 2))
-        itm_step = is_itm_step(cfg, ctx.seed, ctx.step)
+        itm_step = losses.is_itm_step(cfg, ctx.seed, ctx.step)
         logged = {k: v.detach() for k, v in terms.items()}
         if itm_step is not None:
             logged["itm_step"] = float(itm_step)
-        return total_loss(terms, cfg, itm_step), logged
+        return losses.total_loss(terms, cfg, itm_step), logged
 
-    trainer = Trainer(model, optimizer, train_cfg, request.workdir, scheduler=scheduler, meta=meta)
+    trainer = Trainer(model, optimizer, TrainConfig.for_method(cfg, request, steps, grad_clip=cfg.grad_clip),
+                      request.workdir, scheduler=scheduler, meta=meta)
     return trainer.fit(step, batches, sampler=sampler)
