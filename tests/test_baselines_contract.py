@@ -16,22 +16,14 @@ import pytest
 import torch
 
 from harness.catalog import METHODS
-from harness.cohort import ImageView, TrainingData
+from harness.cohort import TrainingData
+from harness.data.images import ImageView
 from harness.data.schema import DataError
 from harness.encoders import MethodCard, PretrainRequest, capabilities
 from harness.encoders.preprocess import to_model_input
+from tests.support import ArrayStore
 
 PROFILES = ("smoke", "small", "paper")
-
-
-class ArrayStore:
-    """The image-store contract (``size``, ``bad``, ``__getitem__``) over an in-memory array."""
-
-    def __init__(self, images: np.ndarray) -> None:
-        self.images, self.size, self.bad = images, images.shape[-1], np.zeros(len(images), dtype=bool)
-
-    def __getitem__(self, idx):
-        return self.images[idx]
 
 
 def tiny_training_data(size: int, n: int = 16) -> TrainingData:

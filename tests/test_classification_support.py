@@ -20,22 +20,10 @@ from harness.cohort import TaskData, build_task_data
 from harness.data.schema import BASE_COLUMNS, Records
 from harness.encoders import MethodCard, Preprocess
 from harness.tasks import LabelPolicy, SplitSpec, TaskSpec
-from tests.support import eval_context
+from tests.support import ArrayStore, eval_context
 
 LABELS = ("Atelectasis", "Cardiomegaly", "Edema")
 SIZE = 16
-
-
-class ArrayStore:
-    """The image-store interface (``size``, ``bad``, ``__getitem__``) over an in-memory uint8 array."""
-
-    def __init__(self, images: np.ndarray, bad: np.ndarray | None = None) -> None:
-        self.images = images
-        self.size = images.shape[-1]
-        self.bad = np.zeros(len(images), bool) if bad is None else bad
-
-    def __getitem__(self, idx):
-        return self.images[idx]
 
 
 class TinyEncoder(nn.Module):

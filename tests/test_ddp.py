@@ -276,14 +276,9 @@ def _studies(n: int = 16, size: int = 32):
     """In-memory training data with reports and MIMIC-IV-style EHR columns (the mock task has neither)."""
     import pandas as pd
 
-    from harness.cohort import ImageView, TrainingData
-
-    class ArrayStore:  # the image-store contract over an array
-        def __init__(self, images):
-            self.images, self.size, self.bad = images, images.shape[-1], np.zeros(len(images), dtype=bool)
-
-        def __getitem__(self, idx):
-            return self.images[idx]
+    from harness.cohort import TrainingData
+    from harness.data.images import ImageView
+    from tests.support import ArrayStore
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)

@@ -29,22 +29,12 @@ from harness.cohort import TaskData, build_task_data
 from harness.data.schema import BASE_COLUMNS, CHEXPERT_5, Records
 from harness.encoders import MethodCard, Preprocess, capabilities
 from harness.tasks import LabelPolicy, SplitSpec, TaskSpec
-from tests.support import eval_context
+from tests.support import ArrayStore, eval_context
 
 SIZE = 16
 GRID = 4
 CELL = {name: cell for name, cell in zip(CHEXPERT_5, (0, 3, 12, 15, 5), strict=True)}  # class -> grid cell
 LABELS = (*CHEXPERT_5, "Pneumonia")
-
-
-class ArrayStore:
-    """The image-store interface (``size``, ``bad``, ``__getitem__``) over an in-memory uint8 array."""
-
-    def __init__(self, images: np.ndarray) -> None:
-        self.images, self.size, self.bad = images, images.shape[-1], np.zeros(len(images), bool)
-
-    def __getitem__(self, idx):
-        return self.images[idx]
 
 
 def make_images(cells: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -16,22 +16,14 @@ from baselines.mlm_mvm.config import MLMMVMConfig
 from baselines.mlm_mvm.losses import masked_patch_loss, multiscale_patch_mask, total_loss
 from baselines.mlm_mvm.model import MLMMVMModel
 from baselines.mlm_mvm.pretrain import streams
-from harness.cohort import ImageView, TrainingData
+from harness.cohort import TrainingData
+from harness.data.images import ImageView
 from harness.encoders import PretrainRequest, capabilities
 from harness.encoders.preprocess import to_model_input
+from tests.support import ArrayStore
 
 REPORTS = ["no acute cardiopulmonary process.", "mild cardiomegaly without edema.",
            "small left pleural effusion with basilar atelectasis.", "right upper lobe consolidation."]
-
-
-class ArrayStore:
-    """The image-store contract (``size``, ``bad``, ``__getitem__``) over an in-memory array."""
-
-    def __init__(self, images: np.ndarray) -> None:
-        self.images, self.size, self.bad = images, images.shape[-1], np.zeros(len(images), dtype=bool)
-
-    def __getitem__(self, idx):
-        return self.images[idx]
 
 
 def training_data(n: int, size: int, dataset: str = "mock", reports: bool = True) -> TrainingData:

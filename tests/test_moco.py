@@ -15,25 +15,17 @@ from baselines.common.backbones import CnnBackbone
 from baselines.common.train import load_checkpoint
 from baselines.moco import MoCoMethod
 from baselines.moco.model import MoCo
-from harness.cohort import ImageView, TrainingData
+from harness.cohort import TrainingData
+from harness.data.images import ImageView
 from harness.encoders import PretrainRequest, capabilities
 from harness.encoders.preprocess import to_model_input
+from tests.support import ArrayStore
 
 
 def tiny_backbone() -> CnnBackbone:
     trunk = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                           nn.Conv2d(8, 16, 3, stride=2, padding=1))
     return CnnBackbone("tiny", trunk, num_features=16, in_chans=3, stride=4)
-
-
-class ArrayStore:
-    """The image-store contract (``size``, ``bad``, ``__getitem__``) over an in-memory array."""
-
-    def __init__(self, images: np.ndarray) -> None:
-        self.images, self.size, self.bad = images, images.shape[-1], np.zeros(len(images), dtype=bool)
-
-    def __getitem__(self, idx):
-        return self.images[idx]
 
 
 def training_data(n: int, size: int, seed: int = 0) -> TrainingData:

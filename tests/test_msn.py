@@ -17,10 +17,12 @@ from baselines.common.train import load_checkpoint
 from baselines.msn_ehr import MSNEHRMethod, MSNMethod
 from baselines.msn_ehr.losses import MSNLoss, me_max, sinkhorn
 from baselines.msn_ehr.model import MSN, build_vit, masked_cls, random_token_keep
-from harness.cohort import ImageView, TrainingData
+from harness.cohort import TrainingData
+from harness.data.images import ImageView
 from harness.data.schema import DataError
 from harness.encoders import PretrainRequest, capabilities
 from harness.encoders.preprocess import to_model_input
+from tests.support import ArrayStore
 
 torch.set_num_threads(1)
 
@@ -28,16 +30,6 @@ torch.set_num_threads(1)
 def tiny_vit():
     # ViT-Tiny width and depth as the smoke profile builds it (patch 8, 6 heads), 16 px views: 4 patches
     return build_vit("vit_tiny", patch_size=8, num_heads=6, image_size=32)
-
-
-class ArrayStore:
-    """The image-store contract (``size``, ``bad``, ``__getitem__``) over an in-memory array."""
-
-    def __init__(self, images: np.ndarray) -> None:
-        self.images, self.size, self.bad = images, images.shape[-1], np.zeros(len(images), dtype=bool)
-
-    def __getitem__(self, idx):
-        return self.images[idx]
 
 
 def ehr_frame(n: int, seed: int = 0) -> pd.DataFrame:

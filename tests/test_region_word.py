@@ -18,24 +18,16 @@ from baselines.region_word.config import RegionWordConfig
 from baselines.region_word.losses import is_itm_step, mlm_loss, total_loss, word_region_attention, word_region_scores
 from baselines.region_word.model import RegionWordModel
 from baselines.region_word.pretrain import region_word_losses
-from harness.cohort import ImageView, TrainingData
+from harness.cohort import TrainingData
+from harness.data.images import ImageView
 from harness.data.schema import DataError
 from harness.encoders import PretrainRequest, capabilities
 from harness.encoders.preprocess import to_model_input
+from tests.support import ArrayStore
 
 REPORTS = ["no acute cardiopulmonary process.", "mild cardiomegaly without edema.",
            "small left pleural effusion with basilar atelectasis.", "right upper lobe consolidation, pneumonia.",
            "the lungs are clear. no pneumothorax.", "moderate pulmonary edema and bilateral effusions."]
-
-
-class ArrayStore:
-    """The image-store contract (``size``, ``bad``, ``__getitem__``) over an in-memory array."""
-
-    def __init__(self, images: np.ndarray) -> None:
-        self.images, self.size, self.bad = images, images.shape[-1], np.zeros(len(images), dtype=bool)
-
-    def __getitem__(self, idx):
-        return self.images[idx]
 
 
 def training_data(n: int, size: int, seed: int = 0) -> TrainingData:

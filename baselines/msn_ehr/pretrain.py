@@ -33,8 +33,8 @@ from baselines.common.train import StepContext, TrainConfig, Trainer, warmup_cos
 from baselines.msn_ehr.config import EHRConfig, MSNConfig, MSNEHRConfig, config_dict
 from baselines.msn_ehr.losses import MSNLoss
 from baselines.msn_ehr.model import MSN, build_vit
-from harness.cohort import ImageView
 from harness.data.ehr import GROUPS, VIEWS, ehr_coverage, encode_ehr
+from harness.data.images import ImageView
 from harness.data.schema import DataError
 from harness.encoders import PretrainRequest
 

@@ -52,7 +52,7 @@ from baselines.common.train import StepContext, TrainConfig, Trainer, step_decay
 from baselines.region_word import losses
 from baselines.region_word.config import RegionWordConfig
 from baselines.region_word.model import RegionWordModel
-from harness.cohort import ImageView
+from harness.data.images import ImageView
 from harness.data.schema import DataError
 from harness.encoders import PretrainRequest
 
