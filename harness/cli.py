@@ -254,10 +254,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                      overrides=args.overrides, save_predictions=args.save_predictions, device=args.device,
                      progress=not args.quiet, tasks_dir=args.tasks_dir, pretrain_on=args.pretrain_on)
     if getattr(args, "executor", "debug") != "debug":
-        from harness.dispatch import executors
+        from harness.dispatch.outcomes import describe, dispatch_runs
 
-        outcomes = executors.dispatch_runs([req], args)
-        print(executors.describe(outcomes))
+        outcomes = dispatch_runs([req], args)
+        print(describe(outcomes))
         return 0 if all(o.status == "done" for o in outcomes) else 1
     out = execute(req)
     _print_outcome(out.record, out.path)
@@ -356,10 +356,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
                            device=args.device, progress=not args.quiet, tasks_dir=args.tasks_dir, submission=spec)
                 for t in tasks for f in (args.fractions or t.fractions) for s in (args.seeds or t.seeds)]
     if getattr(args, "executor", "debug") != "debug":
-        from harness.dispatch import executors
+        from harness.dispatch.outcomes import describe, dispatch_runs
 
-        outcomes = executors.dispatch_runs(requests, args)
-        print(executors.describe(outcomes))
+        outcomes = dispatch_runs(requests, args)
+        print(describe(outcomes))
         return 0 if all(o.status == "done" for o in outcomes) else 1
     failed = []
     for req in requests:
