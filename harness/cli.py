@@ -190,7 +190,7 @@ def _add_sweep(sub) -> None:
 
 
 def _add_bench(sub) -> None:
-    from harness.bench import suite as bench
+    from harness.bench import command as bench
 
     p = _sub(sub, "bench", "measure the harness against naive baselines (ratios, one run, one machine)", """
         python -m harness bench --quick --out /tmp/bench.md
@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
 
         handlers["sweep"] = sweep.run_sweep
     if args.command == "bench":
-        import harness.bench.suite as bench
+        import harness.bench.command as bench
 
         handlers["bench"] = bench.cmd_bench
     try:
