@@ -77,16 +77,21 @@ def auroc_micro(y: np.ndarray, s: np.ndarray) -> float:
     return _auroc_1d(y[keep], s[keep])
 
 
+def _counts_at_thresholds(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct scores (descending) as thresholds, and the true and predicted positives of ``s >= t`` at each."""
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s_sorted)), len(s_sorted) - 1]  # one threshold per distinct score
+    return s_sorted[last_of_tie], np.cumsum(y_sorted)[last_of_tie], last_of_tie + 1
+
+
 def _average_precision_1d(y: np.ndarray, s: np.ndarray) -> float:
     """sum_n (R_n - R_{n-1}) P_n over distinct thresholds (= sklearn average_precision_score)."""
     n_pos = int((y == 1).sum())
     if n_pos == 0 or n_pos == len(y):
         return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(s_sorted)), len(s_sorted) - 1]  # one threshold per distinct score
-    tps = np.cumsum(y_sorted)[last_of_tie]
-    precision = tps / (last_of_tie + 1)
+    _, tps, predicted = _counts_at_thresholds(y, s)
+    precision = tps / predicted
     recall = tps / n_pos
     return float(np.sum(np.diff(recall, prepend=0.0) * precision))
 
@@ -108,13 +113,9 @@ def auprc_macro(y: np.ndarray, s: np.ndarray, return_skipped: bool = False) -> A
 
 def _f1_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Candidate thresholds (distinct scores, descending) and F1 of ``s >= t`` at each."""
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(s_sorted)), len(s_sorted) - 1]
-    tp = np.cumsum(y_sorted)[last_of_tie]
-    predicted = last_of_tie + 1
+    thresholds, tp, predicted = _counts_at_thresholds(y, s)
     f1 = 2 * tp / (predicted + y.sum())  # 2TP / (2TP + FP + FN)
-    return s_sorted[last_of_tie], f1
+    return thresholds, f1
 
 
 def choose_thresholds(y_val: np.ndarray, s_val: np.ndarray) -> np.ndarray:
