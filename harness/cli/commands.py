@@ -18,6 +18,7 @@ from harness.dispatch.sweep import run_sweep
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    """``harness ls tasks|methods|datasets|protocols``: one name (tasks: a summary line) per line; 0."""
     from harness.catalog import DATASETS, METHODS, PROTOCOLS
     from harness.tasks import load_task, task_files
 
@@ -60,6 +61,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``harness run``: one run, in this process or as a submitit job; 0 when done, 1 when a job failed."""
     from harness.dispatch.runner import RunRequest, execute
 
     req = RunRequest(method=args.method, task=args.task, fraction=args.fraction, seed=args.seed,
@@ -67,14 +69,19 @@ def cmd_run(args: argparse.Namespace) -> int:
                      overrides=args.overrides, save_predictions=args.save_predictions, device=args.device,
                      progress=not args.quiet, tasks_dir=args.tasks_dir, pretrain_on=args.pretrain_on)
     if args.executor != "debug":
-        from harness.dispatch.outcomes import describe, dispatch_runs
-
-        outcomes = dispatch_runs([req], args)
-        print(describe(outcomes))
-        return 0 if all(o.status == "done" for o in outcomes) else 1
+        return _dispatched([req], args)
     out = execute(req)
     _print_outcome(out.record, out.path)
     return 0
+
+
+def _dispatched(requests: list, args: argparse.Namespace) -> int:
+    """Run ``requests`` as submitit jobs (``--executor local|slurm``), print their summary; 1 when one failed."""
+    from harness.dispatch.outcomes import describe, dispatch_runs
+
+    outcomes = dispatch_runs(requests, args)
+    print(describe(outcomes))
+    return 0 if all(o.status == "done" for o in outcomes) else 1
 
 
 def _print_outcome(rec: dict, path: Path) -> None:
@@ -91,6 +98,7 @@ def _print_outcome(rec: dict, path: Path) -> None:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
+    """``harness leaderboard``: render the leaderboards of ``--results``; 1 when there is no record."""
     from harness.reporting.leaderboard import render_all
 
     written, problems = render_all(args.results, args.out)
@@ -105,6 +113,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """``harness compare``: the paired comparison of two leaderboard rows; 2 for an unknown row or metric."""
     from harness.reporting.compare import compare
 
     try:
@@ -116,6 +125,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    """``harness data synth|check``: write the synthetic world, or check a dataset (2 on a problem or absence)."""
     if args.data_command == "synth":
         from harness.synth import write_world
 
@@ -169,11 +179,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                            device=args.device, progress=not args.quiet, tasks_dir=args.tasks_dir, submission=spec)
                 for t in tasks for f in (args.fractions or t.fractions) for s in (args.seeds or t.seeds)]
     if args.executor != "debug":
-        from harness.dispatch.outcomes import describe, dispatch_runs
-
-        outcomes = dispatch_runs(requests, args)
-        print(describe(outcomes))
-        return 0 if all(o.status == "done" for o in outcomes) else 1
+        return _dispatched(requests, args)
     failed = []
     for req in requests:
         try:
@@ -195,6 +201,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_regress(args: argparse.Namespace) -> int:
+    """``harness regress``: records against published (or reference) numbers; 1 when one falls outside."""
     from harness.reporting.regress import run_regress
 
     if args.regenerate_reference:
