@@ -39,6 +39,8 @@ from harness.tasks import get_task
 ERROR_LINES = 12
 
 
+# ---------------------------------------------------------------------------------------------- outcomes
+
 def job_failure(job: submitit.Job, exc: BaseException) -> Any:
     """The ``harness.dispatch.failures.Failure`` of a failed job: from the exception itself (debug jobs ran
     here), else from what its worker left, else from submitit's error text."""
