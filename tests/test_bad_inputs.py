@@ -498,12 +498,12 @@ def test_submission_spec_that_does_not_import(capsys):
 
 
 def test_dispatched_runs_print_their_counted_skips_too(tmp_path):
-    from harness.dispatch import executors
+    from harness.dispatch import outcomes
     from harness.dispatch.runner import RunRequest
     from tests.test_results import make_record
 
     path = tmp_path / "rec.json"
     path.write_text(__import__("json").dumps(make_record(0, skipped={"nih14: impossible age": 2})))
-    out = executors.describe([executors.JobOutcome(RunRequest(method="random", task="nih14-cls"), "done",
+    out = outcomes.describe([outcomes.JobOutcome(RunRequest(method="random", task="nih14-cls"), "done",
                                                  record_path=path)])
     assert out.splitlines()[1] == "  skipped 2: nih14: impossible age"

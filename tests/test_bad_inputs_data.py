@@ -593,14 +593,14 @@ def test_run_record_stores_label_and_view_counts(world, tmp_path, capsys, baseli
 
 
 def test_dispatched_runs_print_their_warnings_after_skipped(tmp_path):
-    from harness.dispatch import executors
+    from harness.dispatch import outcomes
     from harness.dispatch.runner import RunRequest
     from tests.test_results import make_record
 
     path = tmp_path / "rec.json"
     path.write_text(json.dumps(make_record(0, skipped={"nih14: impossible age": 2},
                                            warnings={"nih14: View Position blank": 3})))
-    out = executors.describe([executors.JobOutcome(RunRequest(method="random", task="nih14-cls"), "done",
+    out = outcomes.describe([outcomes.JobOutcome(RunRequest(method="random", task="nih14-cls"), "done",
                                                  record_path=path)]).splitlines()
     assert out[1:] == ["  skipped 2: nih14: impossible age", "  warning 3: nih14: View Position blank"]
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness.bench import suite as bench
-from harness.bench.suite import _status_kb, peak_rss, planted_images, write_mimic_tables
+from harness.bench import measure
+from harness.bench.fixtures import planted_images, write_mimic_tables
+from harness.bench.measure import _status_kb, peak_rss
 from harness.cli import main
 from harness.data.mimic_cxr import ADAPTER
 from harness.encoders import Preprocess
@@ -104,7 +105,7 @@ def test_peak_rss_sees_a_transient_allocation():
 
 
 def test_peak_rss_is_nan_not_zero_without_a_high_water_mark(monkeypatch):
-    monkeypatch.setattr(bench, "_status_kb", lambda field_name: None if field_name == "VmHWM" else 1000)
+    monkeypatch.setattr(measure, "_status_kb", lambda field_name: None if field_name == "VmHWM" else 1000)
     with peak_rss() as mem:
         pass
     assert np.isnan(mem["peak_mb"]) and np.isnan(mem["added_mb"])

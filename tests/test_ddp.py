@@ -2,7 +2,7 @@
 
 The processes are launched like a multi-task submitit job (or torchrun): each gets RANK /
 WORLD_SIZE / MASTER_ADDR / MASTER_PORT and calls ``RunJob(request, stage="pretrain")``, which
-joins the process group (``harness.dispatch.executors._join_process_group``) and pretrains through
+joins the process group (``harness.dispatch.jobs._join_process_group``) and pretrains through
 ``harness.dispatch.runner.pretrain_only`` (rank 0 alone takes the cache lock and tells the others).
 
 The image-text and EHR methods (``region-word``, ``mlm-mvm``, ``msn-ehr``) need reports / EHR
@@ -93,14 +93,14 @@ def _register() -> None:
 def _worker(rank: int, world_size: int, port: int, cache: str, method: str, overrides: list[str]) -> None:
     import torch
 
-    from harness.dispatch import executors
+    from harness.dispatch import jobs
 
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), HARNESS_CACHE=cache)
     _register()
     req = RunRequest(method=method, task="mock", profile="smoke", overrides=overrides, progress=False, device="cpu")
-    executors.RunJob(req, stage="pretrain")()
+    jobs.RunJob(req, stage="pretrain")()
 
 
 def _free_port() -> int:
@@ -115,13 +115,13 @@ def _loss_curve(tmp_path: Path, world_size: int, method: str, overrides: list[st
 
     cache = tmp_path / f"cache-{world_size}"
     if world_size == 1:
-        from harness.dispatch import executors
+        from harness.dispatch import jobs
 
         monkeypatch.setenv("HARNESS_CACHE", str(cache))
         _register()
         req = RunRequest(method=method, task="mock", profile="smoke", overrides=overrides, progress=False,
                          device="cpu")
-        executors.RunJob(req, stage="pretrain")()
+        jobs.RunJob(req, stage="pretrain")()
     else:  # fork: the children start with torch and harness already imported (seconds, not tens)
         mp.start_processes(_worker, args=(world_size, _free_port(), str(cache), method, overrides),
                            nprocs=world_size, join=True, start_method="fork")

@@ -11,6 +11,8 @@ import pytest
 import submitit
 
 from harness.dispatch import executors
+from harness.dispatch.jobs import RunJob, failure_file
+from harness.dispatch.outcomes import describe, dispatch_runs, outcome_of, record_outcome, run_jobs
 from harness.dispatch.runner import RunRequest
 
 
@@ -86,7 +88,7 @@ def test_executor_kinds(tmp_path):
 
 def test_checkpoint_requeues_the_same_request():
     req = RunRequest(method="random", task="mock", profile="smoke")
-    job = executors.RunJob(req, stage="pretrain")
+    job = RunJob(req, stage="pretrain")
     submission = job.checkpoint()
     assert isinstance(submission, submitit.helpers.DelayedSubmission)
     assert submission.function is job and submission.args == () and submission.kwargs == {}
@@ -102,19 +104,19 @@ def test_failed_run_is_reported_and_the_others_complete(tmp_path):
                       progress=False)
     bad = RunRequest(method="random", task="mock", profile="smoke", results_dir=str(tmp_path / "r"),
                      overrides=["no_such_key=1"], progress=False)
-    outcomes = executors.dispatch_runs([bad, good], _args("--logs", str(tmp_path / "logs")))
+    outcomes = dispatch_runs([bad, good], _args("--logs", str(tmp_path / "logs")))
     assert [o.status for o in outcomes] == ["failed", "done"]
     assert "no_such_key" in outcomes[0].error and outcomes[0].record_path is None
     assert outcomes[0].stderr.exists() and "no_such_key" in outcomes[0].stderr.read_text()
     rec = json.loads(outcomes[1].record_path.read_text())
     assert rec["task"] == "mock" and rec["method"] == "random"
-    assert "FAILED" in executors.describe(outcomes) and str(outcomes[1].record_path) in executors.describe(outcomes)
+    assert "FAILED" in describe(outcomes) and str(outcomes[1].record_path) in describe(outcomes)
     # the failed run has its failure record (harness.dispatch.failures), named in the summary; the leaderboard
     # ignores it
     failure = json.loads(outcomes[0].failure_record.read_text())
     assert (failure["expected"], failure["error_type"], failure["stage"]) == (True, "RunError", "run")
     assert "no_such_key" in failure["reason"] and "traceback" not in failure
-    assert f"    failure record: {outcomes[0].failure_record}" in executors.describe(outcomes).splitlines()
+    assert f"    failure record: {outcomes[0].failure_record}" in describe(outcomes).splitlines()
     from harness.results import load_records
 
     assert load_records(tmp_path / "r") == ([rec], [])
@@ -150,9 +152,9 @@ def test_local_jobs_report_why_they_failed(tmp_path):
     bug = dataclasses.replace(good, method="breaks-in-job", submission="tests.test_dispatch:breaks_on_full_batches")
     args = _args("--executor", "local", "--array-parallelism", "2")
     args.results = good.results_dir  # the logs in their default place, <results>/logs
-    jobs = executors.run_jobs(executors.make_executor(args), [executors.RunJob(r) for r in (mistake, bug)], args,
+    jobs = run_jobs(executors.make_executor(args), [RunJob(r) for r in (mistake, bug)], args,
                              progress=False)
-    outcomes = [executors.outcome_of(j, r) for j, r in zip(jobs, (mistake, bug), strict=True)]
+    outcomes = [outcome_of(j, r) for j, r in zip(jobs, (mistake, bug), strict=True)]
     assert [o.status for o in outcomes] == ["failed", "failed"]
     m, b = outcomes
     assert m.failure.expected and m.failure.error_type == "RunError" and "no_such_key" in m.error
@@ -160,7 +162,7 @@ def test_local_jobs_report_why_they_failed(tmp_path):
     assert (b.failure.expected, b.failure.reason) == (False, "ZeroDivisionError: a bug in encode_image")
     assert "raise ZeroDivisionError" in b.failure.traceback
     for o in outcomes:
-        executors.record_outcome(o)
+        record_outcome(o)
     rec = json.loads(m.failure_record.read_text())
     assert (rec["expected"], rec["job_id"], rec["log"]) == (True, m.job_id, str(m.stderr)) and "traceback" not in rec
     assert json.loads(b.failure_record.read_text())["traceback"].startswith("Traceback (most recent call last):")
@@ -171,8 +173,8 @@ def test_local_jobs_report_why_they_failed(tmp_path):
         "failed" / "mock" and m.failure_record.name.startswith("random__f1__s0__")
     # a worker that left nothing (killed, unwritable folder): the parent reads submitit's error text instead
     for job in jobs:
-        executors._failure_file(job.paths).unlink()
-    again = [executors.outcome_of(j, r) for j, r in zip(jobs, (mistake, bug), strict=True)]
+        failure_file(job.paths).unlink()
+    again = [outcome_of(j, r) for j, r in zip(jobs, (mistake, bug), strict=True)]
     assert [(o.failure.expected, o.failure.error_type, o.failure.reason) for o in again] == \
         [(o.failure.expected, o.failure.error_type, o.failure.reason) for o in (m, b)]
 
@@ -183,7 +185,7 @@ def test_debug_and_local_executors_give_identical_results(tmp_path):
     for executor in ("debug", "local"):
         req = RunRequest(method="random", task="mock", profile="smoke", seed=1,
                          results_dir=str(tmp_path / executor), progress=False)
-        [out] = executors.dispatch_runs([req], _args("--executor", executor, "--logs", str(tmp_path / "logs")))
+        [out] = dispatch_runs([req], _args("--executor", executor, "--logs", str(tmp_path / "logs")))
         assert out.status == "done", out.error
         runs[executor] = json.loads(out.record_path.read_text())
     debug, local = runs["debug"], runs["local"]
@@ -285,7 +287,7 @@ def test_preempted_job_requeues_and_resumes_to_the_same_weights(tmp_path, monkey
         monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / cache))
         req = RunRequest(method=resumable_method, task="mock", profile="smoke",
                          results_dir=str(tmp_path / cache / "results"), progress=False)
-        job = executors.RunJob(req)
+        job = RunJob(req)
         TinyResumable.preempt_at = preempt_at
         if preempt_at is not None:
             with pytest.raises(_Preempted):

@@ -148,21 +148,21 @@ def test_image_cache_and_features_log_lines_when_stderr_is_not_a_terminal(tmp_pa
 
 
 def test_synthetic_world_and_job_wait_log_lines(tmp_path, capsys):
-    from harness.dispatch import executors
+    from harness.dispatch import outcomes
     from harness.synth import write_world
 
     write_world(tmp_path / "w", sources=("nih14",), scale=0.01, seed=0, progress=True)
     [final] = _assert_progress_lines(capsys.readouterr().err, "synth nih14")
     assert re.search(r"synth nih14: (\d+)/\1 img, done in", final), final
 
-    bar = executors._progress_bar(3, "evaluations", True)
+    bar = outcomes._progress_bar(3, "evaluations", True)
     for _ in range(3):
         bar.update(1)
         bar.set_postfix(failed=0)
     bar.close()
     [final] = _assert_progress_lines(capsys.readouterr().err, "evaluations")
     assert re.fullmatch(r"evaluations: 3/3 job, done in 0s \([0-9.]+ job/s\), failed=0", final), final
-    executors._progress_bar(0, "nothing", True).close()  # no jobs: no display at all
+    outcomes._progress_bar(0, "nothing", True).close()  # no jobs: no display at all
     assert capsys.readouterr().err == ""
 
 

@@ -86,5 +86,5 @@ def test_slurm_options_become_sbatch_lines(slurm, tmp_path):
                      "--reservation=ml", "--exclusive=user", "--dependency=afterok:42_0", "--nodes=1"):
         assert f"#SBATCH {expected}" in lines, (expected, sorted(lines))
     assert any(line.startswith("#SBATCH --signal=USR2@") for line in lines)  # preemption -> checkpoint
-    assert "export PYTHONPATH=" in text  # jobs can unpickle harness.dispatch.executors.RunJob from this checkout
+    assert "export PYTHONPATH=" in text  # jobs can unpickle harness.dispatch.jobs.RunJob from this checkout
     assert executor._executor.parameters["array_parallelism"] == 3

@@ -21,7 +21,8 @@ Layout read (``root`` is the DATA ROOT; datasets.md sections 1.2 and 2)::
 
 ``root`` may also be the ``mimic-cxr-jpg`` folder itself; with several version
 folders the highest version holding the metadata wins. Plain ``.csv`` (un-gzipped)
-copies are accepted too.
+copies are accepted too. Finding these parts is ``harness.data.mimic_layout``; this
+module reads what it found.
 
 What ``load`` does, row by row (one row per image = per metadata row):
 
@@ -64,15 +65,14 @@ unknown split, a duplicated dicom_id) raise ``DataError`` naming file, row and c
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from harness.data.check import CheckReport
-from harness.data.ehr import MimicIvTables, ehr_coverage, find_mimiciv, join_ehr
+from harness.data.ehr import ehr_coverage, join_ehr
+from harness.data.mimic_layout import METADATA, copies_in_other_versions, find_layout, table_file
 from harness.data.reports import read_report
 from harness.data.schema import (
     CHEXPERT_14,
@@ -86,7 +86,6 @@ from harness.data.schema import (
 )
 from harness.data.tables import header, read_table
 
-METADATA = "mimic-cxr-2.0.0-metadata"
 SPLIT = "mimic-cxr-2.0.0-split"
 LABELERS = {"chexpert": "mimic-cxr-2.0.0-chexpert", "negbio": "mimic-cxr-2.0.0-negbio"}
 TEST_SET_LABELED = "mimic-cxr-2.1.0-test-set-labeled"
@@ -110,87 +109,12 @@ _METADATA_COLUMNS = {"dicom_id": "key", "subject_id": "int", "study_id": "int", 
 _SPLIT_COLUMNS = {"dicom_id": "key", "study_id": "int", "subject_id": "int", "split": "str"}
 
 
-def _csv(folder: Path, stem: str) -> Path | None:
-    for suffix in (".csv.gz", ".csv"):
-        if (folder / f"{stem}{suffix}").is_file():
-            return folder / f"{stem}{suffix}"
-    return None
-
-
-def _version_key(name: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", name))
-
-
-def _versioned(folder: Path, holds) -> Path | None:
-    """``folder`` if ``holds(folder)``, else its highest-version subfolder that holds it."""
-    if holds(folder):
-        return folder
-    if not folder.is_dir():
-        return None
-    subs = sorted((d for d in folder.iterdir() if d.is_dir() and _version_key(d.name)),
-                  key=lambda d: _version_key(d.name), reverse=True)
-    return next((d for d in subs if holds(d)), None)
-
-
-def _has_metadata(folder: Path) -> bool:
-    return _csv(folder, METADATA) is not None
-
-
-def _report_trees(folder: Path) -> tuple[Path, Path]:
-    """A MIMIC-CXR folder's report trees: its ``files/`` or the unzipped ``mimic-cxr-reports/files/``."""
-    return folder / "files", folder / "mimic-cxr-reports" / "files"
-
-
-@dataclass(frozen=True)
-class MimicLayout:
-    """Where the parts of one MIMIC installation are under a data root."""
-
-    jpg_root: Path                    # holds the metadata CSVs and files/
-    report_dirs: tuple[Path, ...]     # existing ``files`` folders to look for sSTUDY.txt in, in order
-    ehr: MimicIvTables | None         # None: no MIMIC-IV found
-
-
-def find_layout(root: Path, reports_root: Path | None = None,
-                ehr_root: Path | None = None) -> MimicLayout | None:
-    """Locate the MIMIC parts under ``root``; None when there is no metadata CSV at all.
-
-    Raises:
-        DataError: an explicitly given ``reports_root`` / ``ehr_root`` that holds nothing usable.
-    """
-    root = Path(root).resolve()
-    jpg_root = root if _has_metadata(root) else _versioned(root / "mimic-cxr-jpg", _has_metadata)
-    if jpg_root is None:
-        return None
-    if reports_root is not None:
-        reports_root = Path(reports_root).resolve()
-        if not reports_root.is_dir():
-            raise DataError(f"{reports_root}: reports_root is not a folder")
-        files = reports_root / "files"
-        report_dirs: list[Path] = [files if files.is_dir() else reports_root]
-    else:
-        report_dirs = []
-        for base in (root / "mimic-cxr", root / "mimic-cxr-reports"):
-            found = _versioned(base, lambda d: any(t.is_dir() for t in _report_trees(d)))
-            if found is not None:
-                report_dirs += [t for t in _report_trees(found) if t.is_dir()]
-        if (jpg_root / "files").is_dir():
-            report_dirs.append(jpg_root / "files")  # reports unzipped next to the study folders
-    ehr = None
-    if ehr_root is not None:
-        ehr = find_mimiciv(Path(ehr_root))
-        if ehr is None:
-            raise DataError(f"{ehr_root}: ehr_root holds no MIMIC-IV patients/admissions tables")
-    elif (root / "mimiciv").is_dir():
-        ehr = find_mimiciv(root / "mimiciv")
-    return MimicLayout(jpg_root, tuple(dict.fromkeys(report_dirs)), ehr)
-
-
 def _first_bad_row(path: Path, mask: np.ndarray, column: str, what: str) -> DataError:
     return DataError(f"{path}:{int(np.flatnonzero(mask)[0]) + 2}: {column}: {what}")
 
 
 def _read_metadata(jpg_root: Path) -> pd.DataFrame:
-    path = _csv(jpg_root, METADATA)
+    path = table_file(jpg_root, METADATA)
     meta = read_table(path, _METADATA_COLUMNS)
     dup = meta["dicom_id"].duplicated().to_numpy()
     if dup.any():
@@ -207,7 +131,7 @@ def _read_metadata(jpg_root: Path) -> pd.DataFrame:
 
 
 def _read_split(jpg_root: Path) -> pd.DataFrame:
-    path = _csv(jpg_root, SPLIT)
+    path = table_file(jpg_root, SPLIT)
     if path is None:
         raise DataError(f"{jpg_root}: missing {SPLIT}.csv.gz")
     split = read_table(path, _SPLIT_COLUMNS)
@@ -225,7 +149,7 @@ def _read_split(jpg_root: Path) -> pd.DataFrame:
 def _read_labels(jpg_root: Path, labeler: str) -> pd.DataFrame:
     if labeler not in LABELERS:
         raise ValueError(f"labeler must be one of {sorted(LABELERS)}, got {labeler!r}")
-    path = _csv(jpg_root, LABELERS[labeler])
+    path = table_file(jpg_root, LABELERS[labeler])
     if path is None:
         raise DataError(f"{jpg_root}: missing {LABELERS[labeler]}.csv.gz")
     labels = read_table(path, {"subject_id": "int", "study_id": "int", **dict.fromkeys(CHEXPERT_14, "label")})
@@ -237,7 +161,7 @@ def _read_labels(jpg_root: Path, labeler: str) -> pd.DataFrame:
 
 def _read_radiologist_labels(jpg_root: Path) -> tuple[pd.DataFrame, list[str]]:
     """The 2.1.0 test-set labels, spellings normalised; also the label names the file lacks."""
-    path = _csv(jpg_root, TEST_SET_LABELED)
+    path = table_file(jpg_root, TEST_SET_LABELED)
     if path is None:
         raise DataError(f"{jpg_root}: test_labels='radiologist' needs {TEST_SET_LABELED}.csv "
                         "(MIMIC-CXR-JPG 2.1.0)")
@@ -307,22 +231,6 @@ def _view_warnings(frame: pd.DataFrame, warnings: dict[str, int]) -> None:
     count(warnings, VIEW_UNKNOWN, int((~view.isin([*VIEW_POSITIONS, ""])).sum()))
 
 
-def _copies_elsewhere(paths: pd.Series, jpg_root: Path) -> int:
-    """Images whose JPG also exists in another version folder of the installation (2.0.0 next to 2.1.0).
-
-    The layout fixes each path from the ids, so another version folder is the only other place
-    the same file can be; only those folders are looked in (nothing is walked).
-    """
-    base = jpg_root.parent if _version_key(jpg_root.name) else jpg_root
-    others = [d / "files" for d in sorted(base.iterdir()) if d.is_dir() and d != jpg_root
-              and _version_key(d.name) and (d / "files").is_dir()] if base.is_dir() else []
-    if not others:
-        return 0
-    mine = str(jpg_root / "files")
-    relative = [p[len(mine):].lstrip("/") for p in paths]
-    return sum(any(os.path.isfile(o / r) for o in others) for r in relative)
-
-
 class MimicCxrAdapter:
     """The ``mimic-cxr`` dataset adapter (see the module docstring)."""
 
@@ -367,7 +275,7 @@ class MimicCxrAdapter:
             if not exists.all():
                 skipped["image file missing"] = int((~exists).sum())
                 frame = frame[exists].reset_index(drop=True)
-            count(warnings, OTHER_VERSION_COPY, _copies_elsewhere(frame["path"], layout.jpg_root))
+            count(warnings, OTHER_VERSION_COPY, copies_in_other_versions(frame["path"], layout.jpg_root))
         _view_warnings(frame, warnings)
         count(warnings, CONTRADICTORY, int(contradictory(frame, CHEXPERT_14).sum()))
         count(warnings, NO_LABEL_ROW, int((~frame["labelled"] & ~frame["_radiologist"]).sum()))
@@ -386,7 +294,7 @@ class MimicCxrAdapter:
             extras["ehr_coverage"] = ehr_coverage(frame)
         extras.update(jpg_root=str(layout.jpg_root), report_dirs=[str(d) for d in layout.report_dirs],
                       labeler=labeler, test_labels=test_labels, check_files=check_files)
-        split_file = str(_csv(layout.jpg_root, SPLIT))
+        split_file = str(table_file(layout.jpg_root, SPLIT))
         unknown = sorted(set(frame["view"]) - {*VIEW_POSITIONS, ""})
         records = Records(self.name, frame, CHEXPERT_14, Path(root), data_source, skipped, problems, extras,
                           warnings=warnings, split_files=dict.fromkeys(SPLIT_NAMES.values(), split_file),
@@ -407,11 +315,11 @@ class MimicCxrAdapter:
         if mismatch.any():
             dicom = frame["dicom_id"].iloc[int(np.flatnonzero(mismatch)[0])]
             row = int(np.flatnonzero((split["dicom_id"] == dicom).to_numpy())[0]) + 2
-            raise DataError(f"{_csv(jpg_root, SPLIT)}:{row}: study_id: "
+            raise DataError(f"{table_file(jpg_root, SPLIT)}:{row}: study_id: "
                             f"disagrees with {METADATA} for this dicom_id")
         problems, extras = [], {}
         if not joined.all():
-            problems.append(f"{_csv(jpg_root, SPLIT).name}: split: {int((~joined).sum())} metadata image(s) "
+            problems.append(f"{table_file(jpg_root, SPLIT).name}: split: {int((~joined).sum())} metadata image(s) "
                             "have no split row (kept with split '')")
         frame = frame.merge(labels, on=["subject_id", "study_id"], how="left", validate="many_to_one",
                             indicator="_label_row")
@@ -488,7 +396,7 @@ class MimicCxrAdapter:
                  f"report folders: {len(layout.report_dirs)}",
                  f"MIMIC-IV: {layout.ehr.version or 'unversioned'}" if layout.ehr else "MIMIC-IV: not found",
                  "2.1.0 radiologist test labels: "
-                 + ("yes" if _csv(layout.jpg_root, TEST_SET_LABELED) else "no"))
+                 + ("yes" if table_file(layout.jpg_root, TEST_SET_LABELED) else "no"))
         return CheckReport.from_load(self.name, root, True, records, notes)
 
 

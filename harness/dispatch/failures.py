@@ -109,7 +109,7 @@ class Failure:
     def from_job_text(cls, text: str) -> Failure:
         """The failure of a job known only by submitit's error text (the worker's traceback, or why it has none).
 
-        Used when the worker left no failure of its own (``harness.dispatch.executors``): a job killed
+        Used when the worker left no failure of its own (``harness.dispatch.jobs``): a job killed
         by Slurm (time limit, memory) or one that died before the harness ran.
         """
         lines = [line.rstrip() for line in str(text).splitlines()]

@@ -43,8 +43,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.config import config_hash
-from harness.dispatch import executors, failures
+from harness.dispatch import executors, failures, outcomes
 from harness.dispatch.failures import Failure
+from harness.dispatch.jobs import RunJob
 from harness.dispatch.pretraining import add_pretrain_on_argument, effective_pretrain_on
 from harness.dispatch.runner import RunError, RunRequest
 from harness.tasks import TaskSpecError, get_task
@@ -215,7 +216,7 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
                 failure = Failure.from_exception(exc)
                 plan.cells.append(Cell(base, status="failed", error=failure.summary(), failure=failure, stage="plan"))
                 continue
-            why = executors.capability_refusal(method, task)
+            why = outcomes.capability_refusal(method, task)
             if why:
                 incapable.append(why)
                 continue
@@ -241,7 +242,7 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
     return plan
 
 
-def _finish(cell: Cell, outcome: executors.JobOutcome) -> None:
+def _finish(cell: Cell, outcome: outcomes.JobOutcome) -> None:
     cell.status = outcome.status
     cell.detail = str(outcome.record_path or "")
     cell.log = str(outcome.stderr or "")
@@ -250,7 +251,7 @@ def _finish(cell: Cell, outcome: executors.JobOutcome) -> None:
     cell.job_id = outcome.job_id
 
 
-def _pretraining_failed(cell: Cell, outcome: executors.JobOutcome) -> None:
+def _pretraining_failed(cell: Cell, outcome: outcomes.JobOutcome) -> None:
     cell.status, cell.log, cell.stage, cell.job_id = "failed", str(outcome.stderr or ""), "pretrain", outcome.job_id
     cell.failure = dataclasses.replace(outcome.failure,
                                        reason=f"its pretraining job failed: {outcome.failure.reason}")
@@ -272,39 +273,39 @@ def _run_stages(plan: Plan, args: argparse.Namespace) -> None:
     """Pretraining array, then evaluations (Slurm: afterok dependencies; else after the stage)."""
     keys = list(plan.groups)
     pre_exec = executors.make_executor(args)
-    pre_calls = [executors.RunJob(plan.groups[k], stage="pretrain") for k in keys]
+    pre_calls = [RunJob(plan.groups[k], stage="pretrain") for k in keys]
     pending = {k: [c for c in plan.cells if c.status == "pending" and c.group == k] for k in keys}
     if args.executor == "slurm":
-        pre_jobs = executors.submit(pre_exec, pre_calls)
+        pre_jobs = outcomes.submit(pre_exec, pre_calls)
         eval_jobs: dict[str, list] = {}
         for key, job in zip(keys, pre_jobs, strict=True):
             ex = executors.make_executor(args, tasks_per_node=1, dependency=f"afterok:{job.job_id}")
-            eval_jobs[key] = executors.submit(ex, [executors.RunJob(c.request) for c in pending[key]])
-        executors.wait_for(pre_jobs, desc="pretraining")
+            eval_jobs[key] = outcomes.submit(ex, [RunJob(c.request) for c in pending[key]])
+        outcomes.wait_for(pre_jobs, desc="pretraining")
         for key, job in zip(keys, pre_jobs, strict=True):
-            pre = executors.outcome_of(job, plan.groups[key], stage="pretrain")
+            pre = outcomes.outcome_of(job, plan.groups[key], stage="pretrain")
             if pre.status == "failed":  # afterok never fires: cancel rather than wait forever
                 for cell, ejob in zip(pending[key], eval_jobs.pop(key), strict=True):
                     ejob.cancel(check=False)
                     _pretraining_failed(cell, pre)
         flat = [(c, j) for k, jobs in eval_jobs.items() for c, j in zip(pending[k], jobs, strict=True)]
-        executors.wait_for([j for _, j in flat], desc="evaluations")
+        outcomes.wait_for([j for _, j in flat], desc="evaluations")
         for cell, job in flat:
-            _finish(cell, executors.outcome_of(job, cell.request))
+            _finish(cell, outcomes.outcome_of(job, cell.request))
         return
-    pre_jobs = executors.run_jobs(pre_exec, pre_calls, args, desc="pretraining")
+    pre_jobs = outcomes.run_jobs(pre_exec, pre_calls, args, desc="pretraining")
     runnable: list[Cell] = []
     for key, job in zip(keys, pre_jobs, strict=True):
-        pre = executors.outcome_of(job, plan.groups[key], stage="pretrain")
+        pre = outcomes.outcome_of(job, plan.groups[key], stage="pretrain")
         for cell in pending[key]:
             if pre.status == "failed":
                 _pretraining_failed(cell, pre)
             else:
                 runnable.append(cell)
     eval_exec = executors.make_executor(args, tasks_per_node=1)
-    jobs = executors.run_jobs(eval_exec, [executors.RunJob(c.request) for c in runnable], args, desc="evaluations")
+    jobs = outcomes.run_jobs(eval_exec, [RunJob(c.request) for c in runnable], args, desc="evaluations")
     for cell, job in zip(runnable, jobs, strict=True):
-        _finish(cell, executors.outcome_of(job, cell.request))
+        _finish(cell, outcomes.outcome_of(job, cell.request))
 
 
 def summary(cells: list[Cell]) -> str:
