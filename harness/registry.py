@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -23,8 +23,14 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
-def did_you_mean(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'X'?"`` for the choice that differs only in case, else up to three close ones, else ``""``.
+
+    The one suggestion helper of the repository: registries, task keys, protocol arguments, configs.
+    """
+    choices = [str(c) for c in choices]
+    same = [c for c in choices if c.lower() == str(name).lower()]
+    close = same[:1] or difflib.get_close_matches(str(name), choices, n=3, cutoff=0.5)
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 

@@ -23,7 +23,8 @@ from harness.catalog import PROTOCOL_ARGS, PROTOCOLS
 from harness.cli import main
 from harness.protocols import finetune, linear_probe
 from harness.protocols.args import REQUIRED, Arg, ArgError, ProtocolArgs, declared
-from harness.protocols.base import EvalContext, ProtocolError
+from harness.protocols.base import EvalContext
+from harness.protocols.errors import ProtocolError
 from harness.tasks import TASKS_DIR, TaskSpecError, load_task
 
 

@@ -10,7 +10,7 @@ from test_classification_support import TinyEncoder, context, task_data
 from harness import metrics
 from harness.features import weights_sha256
 from harness.protocols import finetune
-from harness.protocols.base import ProtocolError
+from harness.protocols.errors import ProtocolError
 
 ARGS = {"epochs": 4, "batch_size": 16, "encoder_lr": 1e-3, "head_lr": 1e-2, "patience": 2, "bootstrap": 50}
 

@@ -13,7 +13,8 @@ from test_classification_support import LABELS, TinyEncoder, context, task_data,
 
 from harness.features import weights_sha256
 from harness.protocols import linear_probe
-from harness.protocols.base import ProtocolError, evaluate
+from harness.protocols.base import evaluate
+from harness.protocols.errors import ProtocolError
 
 ARGS = {"l2_grid": [1.0, 1e-2, 1e-4], "bootstrap": 100, "max_iter": 100}
 

@@ -11,7 +11,7 @@ from test_imagetext_support import CELL, GRID, JointEncoder, RegionEncoder, cont
 
 from harness.data.schema import DataError
 from harness.protocols import localization
-from harness.protocols.base import ProtocolError
+from harness.protocols.errors import ProtocolError
 
 LOC_TASK = toy_task(protocol="localization", metrics=("pointing_game", "iou"), main_metric="pointing_game")
 

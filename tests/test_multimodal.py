@@ -12,7 +12,7 @@ from test_imagetext_support import RegionEncoder, context, make_records, task_da
 
 from harness.features import weights_sha256
 from harness.protocols import multimodal
-from harness.protocols.base import ProtocolError
+from harness.protocols.errors import ProtocolError
 from harness.text import learn_wordpiece_vocab
 
 # Cardiomegaly: a bright lower half (image only). Pneumonia: the indication says "fever" (text only).

@@ -12,7 +12,7 @@ from torch import nn
 from harness import metrics
 from harness.encoders import MethodCard, Preprocess, capabilities
 from harness.protocols import regeneration
-from harness.protocols.base import ProtocolError
+from harness.protocols.errors import ProtocolError
 
 PRE = Preprocess(SIZE, 1, (0.5,), (0.5,))
 REGEN_TASK = toy_task(protocol="regeneration", metrics=("psnr", "ssim", "mse", "psnr_p4"), main_metric="psnr")

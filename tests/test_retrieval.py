@@ -11,7 +11,7 @@ from test_imagetext_support import CHEXPERT_5, JointEncoder, RegionEncoder, cont
 
 from harness import metrics
 from harness.protocols import retrieval
-from harness.protocols.base import ProtocolError
+from harness.protocols.errors import ProtocolError
 
 
 def brute_force_ranks(sim: np.ndarray, relevant: np.ndarray) -> np.ndarray:

@@ -18,11 +18,12 @@ suggestion (never silently ignored) and lists become tuples.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from harness.registry import did_you_mean
 
 T = TypeVar("T")
 
@@ -93,9 +94,7 @@ def from_dict(cls: type[T], values: Mapping[str, Any], *, what: str = "config") 
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for key in values:
         if key not in fields:
-            close = ([f for f in fields if f.lower() == key.lower()]
-                     or difflib.get_close_matches(key, list(fields), n=1))
-            hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(sorted(fields))})"
+            hint = did_you_mean(key, list(fields)) or f" (known: {', '.join(sorted(fields))})"
             raise ValueError(f"{what}: unknown key {key!r}{hint}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return cls(**kwargs)

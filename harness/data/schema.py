@@ -26,7 +26,7 @@ labelled           optional bool: False where the image's study has no row in th
 =================  =======================================================
 
 Uncertain (-1.0) stays distinguishable from blank (NaN) until a task applies its
-label policy (``harness.data.labels``).
+label policy (``harness.cohort.apply_label_policy``).
 
 What an adapter learned while reading is never only an internal count:
 

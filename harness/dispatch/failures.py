@@ -59,7 +59,7 @@ def expected_types() -> tuple[type[BaseException], ...]:
     from harness.dispatch.runner import RunError
     from harness.encoders.errors import SubmissionError
     from harness.features import EncoderChangedError
-    from harness.protocols.base import ProtocolError
+    from harness.protocols.errors import ProtocolError
     from harness.registry import UnknownNameError
     from harness.reporting.regress import RegressError
     from harness.tasks import TaskSpecError

@@ -25,7 +25,7 @@ class PretrainRequest:
     methods that mix sources (e.g. ``mlm-mvm`` cross-source unpaired).
     """
 
-    data: Any  # harness.data.store.TrainingData
+    data: Any  # harness.cohort.TrainingData
     config: dict[str, Any]  # the resolved profile config (+ --set overrides)
     workdir: Path  # checkpoints and logs for this pretraining run live here
     seed: int

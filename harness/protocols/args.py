@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.protocols.errors import ProtocolError
 from harness.registry import did_you_mean
 
 REQUIRED: Any = type("Required", (), {"__repr__": lambda self: "REQUIRED"})()  # an argument without a default
@@ -38,15 +39,6 @@ class ArgError(ValueError):
     def __init__(self, key: str, what: str) -> None:
         super().__init__(f"{key}: {what}")
         self.key, self.what = key, what
-
-
-def suggest(value: str, choices: Iterable[str]) -> str:
-    """``"; did you mean 'X'?"`` for a close choice (case-insensitive first), else ``""``."""
-    choices = [str(c) for c in choices]
-    same = [c for c in choices if c.lower() == str(value).lower()]
-    if same:
-        return f"; did you mean {same[0]!r}?"
-    return did_you_mean(str(value), choices)
 
 
 @dataclass(frozen=True)
@@ -110,7 +102,7 @@ class Arg:
     def _entry(self, value: Any, key: str) -> Any:
         value = self._typed(value, key)
         if self.choices and value not in self.choices:
-            hint = suggest(value, self.choices) if isinstance(value, str) else ""
+            hint = did_you_mean(value, self.choices) if isinstance(value, str) else ""
             raise ArgError(key, f"{value!r} is not one of {list(self.choices)}{hint}")
         for op, bound, ok in ((">=", self.ge, lambda v, b: v >= b), (">", self.gt, lambda v, b: v > b),
                               ("<=", self.le, lambda v, b: v <= b), ("<", self.lt, lambda v, b: v < b)):
@@ -198,8 +190,9 @@ class ProtocolArgs:
             raise ArgError("protocol_args", f"expected a mapping, got {type(given).__name__}")
         for name in given:
             if name not in self.args:
-                raise ArgError(str(name), f"unknown protocol argument of {self.protocol}"
-                                          f"{suggest(str(name), self.args)}; known: {', '.join(sorted(self.args))}")
+                hint = did_you_mean(str(name), self.args)
+                raise ArgError(str(name), f"unknown protocol argument of {self.protocol}{hint}; "
+                                          f"known: {', '.join(sorted(self.args))}")
         out: dict[str, Any] = {}
         for name, arg in self.args.items():
             if name in given:
@@ -234,7 +227,7 @@ class ProtocolArgs:
         produced = self.produced(args)
         bad = [m for m in task.metrics if m not in produced]
         if bad:
-            raise ArgError("metrics", f"cannot compute metric(s) {bad}{suggest(bad[0], produced)}; "
+            raise ArgError("metrics", f"cannot compute metric(s) {bad}{did_you_mean(bad[0], produced)}; "
                                       f"{self.protocol} gives {sorted(produced)} with these arguments")
         if task.main_metric not in produced:
             raise ArgError("main_metric", f"{task.main_metric!r} is not produced by {self.protocol}")
@@ -287,8 +280,6 @@ class ProtocolArgs:
             raise self.error(exc) from None
 
     def error(self, exc: ArgError) -> Exception:
-        from harness.protocols.base import ProtocolError  # base imports the task and cohort modules
-
         return ProtocolError(f"{self.protocol}: {exc}")
 
 

@@ -15,17 +15,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness.cohort import TaskData
-from harness.encoders import Preprocess
-from harness.tasks import TaskSpec
-
-
-class ProtocolError(RuntimeError):
-    """A protocol that cannot run on this input; the message says why."""
+if TYPE_CHECKING:  # annotations only: the seam imports nothing of the layers it joins
+    from harness.cohort import TaskData
+    from harness.encoders import Preprocess
+    from harness.tasks import TaskSpec
 
 
 @dataclass

@@ -39,7 +39,8 @@ from harness.cohort import SplitData
 from harness.encoders import capabilities
 from harness.encoders.preprocess import to_model_input
 from harness.protocols.args import Arg, ProtocolArgs
-from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
+from harness.protocols.base import EvalContext, ProtocolResult
+from harness.protocols.errors import ProtocolError
 from harness.protocols.linear_probe import CLASSIFICATION_METRICS, masked_bce, report
 
 ARGS = ProtocolArgs(

@@ -43,7 +43,8 @@ import torch
 from harness import metrics
 from harness.features import split_features
 from harness.protocols.args import Arg, ProtocolArgs
-from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
+from harness.protocols.base import EvalContext, ProtocolResult
+from harness.protocols.errors import ProtocolError
 
 # what score_classification computes; shared by the fine-tune and multimodal declarations
 CLASSIFICATION_METRICS = (*metrics.SCORE_METRICS, *metrics.THRESHOLD_METRICS)

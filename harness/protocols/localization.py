@@ -49,7 +49,8 @@ from harness.data.schema import DataError
 from harness.encoders import capabilities
 from harness.features import extract_features, split_cache_key
 from harness.protocols.args import Arg, ProtocolArgs
-from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
+from harness.protocols.base import EvalContext, ProtocolResult
+from harness.protocols.errors import ProtocolError
 from harness.protocols.retrieval import encode_texts
 
 BOX_COLUMNS = ("image_id", "label", "x0", "y0", "x1", "y1")

@@ -66,7 +66,8 @@ from harness.encoders import capabilities
 from harness.encoders.preprocess import to_model_input
 from harness.features import split_features
 from harness.protocols.args import Arg, ProtocolArgs
-from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
+from harness.protocols.base import EvalContext, ProtocolResult
+from harness.protocols.errors import ProtocolError
 from harness.protocols.linear_probe import CLASSIFICATION_METRICS, report
 from harness.text import SPECIAL_TOKENS
 

@@ -64,7 +64,8 @@ from harness import metrics
 from harness.encoders import capabilities
 from harness.encoders.preprocess import from_model_input, to_model_input
 from harness.protocols.args import Arg, ProtocolArgs
-from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
+from harness.protocols.base import EvalContext, ProtocolResult
+from harness.protocols.errors import ProtocolError
 
 PSNR_CAP_DB = 100.0  # MSE 1e-10: numerically a perfect regeneration
 

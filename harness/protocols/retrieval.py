@@ -72,7 +72,8 @@ from harness import metrics
 from harness.data.schema import CHEXPERT_5
 from harness.features import split_features
 from harness.protocols.args import Arg, ProtocolArgs
-from harness.protocols.base import EvalContext, ProtocolError, ProtocolResult
+from harness.protocols.base import EvalContext, ProtocolResult
+from harness.protocols.errors import ProtocolError
 
 # The representative image of a study: PA, then AP, then a frontal of unknown projection (OpenI with
 # indiana_projections.csv says FRONTAL), then an unknown view (""), then anything else (laterals).

@@ -42,7 +42,7 @@ def check_task(spec: TaskSpec, where: str) -> None:
 
 def _check_semantics(spec: TaskSpec, where: str) -> None:
     """What the file says on its own: values, ranges, repeated entries, label policy, split, profiles."""
-    from harness.protocols.args import suggest
+    from harness.registry import did_you_mean
 
     policies = {"zero", "one", "ignore"}
     lp = spec.label_policy
@@ -52,7 +52,7 @@ def _check_semantics(spec: TaskSpec, where: str) -> None:
     unknown_labels = sorted(set(lp.per_label) - set(spec.labels))
     if unknown_labels:
         raise TaskSpecError(f"{where}: label_policy.per_label: unknown label(s) {unknown_labels}"
-                            f"{suggest(unknown_labels[0], spec.labels)} (it may name only the task's labels)")
+                            f"{did_you_mean(unknown_labels[0], spec.labels)} (it may name only the task's labels)")
     for key in ("labels", "metrics", "views", "fractions", "seeds", "requires"):
         values = getattr(spec, key) or ()
         for i, value in enumerate(values):
@@ -80,26 +80,26 @@ def _check_semantics(spec: TaskSpec, where: str) -> None:
 
     for profile, overrides in spec.profile_args.items():
         if profile not in PROFILES:
-            raise TaskSpecError(f"{where}: profile_args: unknown profile {profile!r}{suggest(str(profile), PROFILES)};"
-                                f" profiles: {list(PROFILES)}")
+            hint = did_you_mean(str(profile), PROFILES)
+            raise TaskSpecError(f"{where}: profile_args: unknown profile {profile!r}{hint}; profiles: {list(PROFILES)}")
         if not isinstance(overrides, dict):  # "smoke:" with nothing after it is null
             raise TaskSpecError(f"{where}: profile_args.{profile}: expected a mapping of protocol arguments, got "
                                 f"{'null' if overrides is None else type(overrides).__name__}")
 
 
 def _check_split(spec: TaskSpec, where: str) -> None:
-    from harness.protocols.args import suggest
+    from harness.registry import did_you_mean
 
     split = spec.split
     if split.method not in SPLIT_METHODS:
         raise TaskSpecError(f"{where}: split.method: {split.method!r} is not 'official' or 'patient-hash'"
-                            f"{suggest(split.method, SPLIT_METHODS)}")
+                            f"{did_you_mean(split.method, SPLIT_METHODS)}")
     if split.test_split not in SPLIT_NAMES:
         raise TaskSpecError(f"{where}: split.test_split: {split.test_split!r} is not one of {list(SPLIT_NAMES)}"
-                            f"{suggest(split.test_split, SPLIT_NAMES)}")
+                            f"{did_you_mean(split.test_split, SPLIT_NAMES)}")
     if split.on_leak not in ON_LEAK:
         raise TaskSpecError(f"{where}: split.on_leak: {split.on_leak!r} is not 'error' or 'drop'"
-                            f"{suggest(split.on_leak, ON_LEAK)}")
+                            f"{did_you_mean(split.on_leak, ON_LEAK)}")
     if not 0 < split.val_fraction < 1:
         raise TaskSpecError(f"{where}: split.val_fraction: {split.val_fraction} is not in (0, 1)")
     if not 0 <= split.test_fraction < 1:
@@ -115,12 +115,12 @@ def _check_split(spec: TaskSpec, where: str) -> None:
 def _label_hint(label: str, dataset: str, known: tuple[str, ...]) -> str:
     """"; nih14 calls it 'Effusion'" where the schema's harmonisation maps the name, else a close name."""
     from harness.data.schema import HARMONISE
-    from harness.protocols.args import suggest
+    from harness.registry import did_you_mean
 
     other = HARMONISE.get(label) or {v: k for k, v in HARMONISE.items()}.get(label)
     if other in known:
         return f"; {dataset} calls it {other!r}"
-    return suggest(label, known)
+    return did_you_mean(label, known)
 
 
 def _check_datasets(spec: TaskSpec, where: str) -> None:
@@ -129,8 +129,7 @@ def _check_datasets(spec: TaskSpec, where: str) -> None:
     An adapter that declares no ``label_names`` / ``views`` / ``splits`` is not checked for them.
     """
     from harness.catalog import DATASETS
-    from harness.protocols.args import suggest
-    from harness.registry import UnknownNameError
+    from harness.registry import UnknownNameError, did_you_mean
 
     adapters: dict[str, Any] = {}  # dataset name -> adapter, the training dataset first
     roles = {spec.dataset: "dataset", spec.eval_dataset: "eval_dataset"}
@@ -154,7 +153,7 @@ def _check_datasets(spec: TaskSpec, where: str) -> None:
         for view in spec.views:
             if view not in every:
                 raise TaskSpecError(f"{where}: views: {view!r} is not a view of {' or '.join(adapters)} "
-                                    f"(views: {every}){suggest(view, [v for v in every if v])}")
+                                    f"(views: {every}){did_you_mean(view, [v for v in every if v])}")
         for name, views in declared_views.items():
             if not set(spec.views) & set(views):
                 raise TaskSpecError(f"{where}: views: {list(spec.views)} select no image of {name} "
