@@ -266,12 +266,6 @@ def read_column_map(path: Path) -> ColumnMap:
         raise DataError(f"{path}: report: unknown section(s) {bad}; sections: {list(REPORT_SECTIONS)}")
     split_values = _str_map(raw, "split_values", path, allowed=("train", "val", "test", ""))
     columns = {key: _name(raw, key, path) for key in _COLUMN_KEYS}
-    cmap = ColumnMap(path=path, **columns, view_values=_str_map(raw, "view_values", path),  # type: ignore[arg-type]
+    return ColumnMap(path=path, **columns, view_values=_str_map(raw, "view_values", path),  # type: ignore[arg-type]
                      split_values=split_values, report=report, institution=institution, labels=_labels(raw, path),
                      label_values=_label_values(raw, path), label_list=_label_list(raw, path))
-    # study_id may be image_id's column (every image its own study); any other column names one thing
-    named = [getattr(cmap, k) for k in _COLUMN_KEYS if getattr(cmap, k) and k != "study_id"]
-    clash = sorted({c for c in named if named.count(c) > 1} | (set(named) & set(cmap.labels.values())))
-    if clash:
-        raise DataError(f"{path}: column {clash[0]!r} is named for two keys ({cmap.key_of(clash[0])} and another)")
-    return cmap
