@@ -153,9 +153,12 @@ def test_image_paths_relative_to_the_collection_and_a_missing_file_counted(tmp_p
 
 
 def test_the_example_task_and_column_map_are_valid():
+    from harness.tasks import task_files
+
+    assert [p.name for p in task_files(EXAMPLES)] == [f"{TASK}.yaml"]  # --tasks-dir examples/hf: the task alone
     spec = load_task(EXAMPLES / f"{TASK}.yaml")
     assert spec.dataset == "hf/my-cxr" and spec.labels == ("Atelectasis", "Edema")
-    cmap = read_column_map(EXAMPLES / "harness_columns.yaml")
+    cmap = read_column_map(EXAMPLES / "my-cxr" / "harness_columns.yaml")
     assert list(cmap.labels) == list(LABELS) and cmap.view_values == {"postero-anterior": "PA",
                                                                       "antero-posterior": "AP"}
     assert cmap.label_values == {1: 1.0, 0: 0.0, -1: -1.0, None: cmap.label_values[None]}
@@ -166,7 +169,7 @@ def scored(tmp_path_factory):
     """The example task scored on a tiny hf/my-cxr collection (random encoder, smoke profile, seeds 0 and 1)."""
     tmp = tmp_path_factory.mktemp("hf-run")
     root = data_root(tmp, name="my-cxr")
-    shutil.copy(EXAMPLES / "harness_columns.yaml", root / "hf" / "my-cxr" / "harness_columns.yaml")
+    shutil.copy(EXAMPLES / "my-cxr" / "harness_columns.yaml", root / "hf" / "my-cxr" / "harness_columns.yaml")
     tasks = tmp / "tasks"
     tasks.mkdir()
     shutil.copy(EXAMPLES / f"{TASK}.yaml", tasks)
