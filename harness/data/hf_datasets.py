@@ -128,8 +128,11 @@ def _listed_labels(part: pd.DataFrame, cmap: ColumnMap, label_names: tuple[str, 
     assert spec is not None
     index = {n: j for j, n in enumerate(label_names)}
     matrix = np.zeros((len(part), len(label_names)))
+    per_file: dict[Path, tuple[str, ...]] = {}  # each file's ClassLabel names, looked up once
     for i, (cell, data) in enumerate(zip(part[spec.column], part["_file"])):
-        names = class_names(data, spec.column) if not spec.names else spec.names
+        if data.path not in per_file:
+            per_file[data.path] = spec.names or class_names(data, spec.column)
+        names = per_file[data.path]
         if cell is None or (isinstance(cell, float) and math.isnan(cell)):
             items: list[Any] = []
         elif isinstance(cell, str):
