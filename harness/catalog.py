@@ -7,7 +7,9 @@ Each entry resolves to:
 - METHODS: a zero-argument callable (class or factory) returning a ``Method``
   (``harness.encoders.Method``);
 - DATASETS: an adapter object with ``load(root: Path) -> Records`` and
-  ``check(root: Path) -> CheckReport``;
+  ``check(root: Path) -> CheckReport``; besides the built-in names, every
+  ``hf/<name>`` (a Hugging Face-format collection under ``<data root>/hf/``,
+  ``harness.data.hf_datasets``) resolves to that collection's adapter;
 - PROTOCOLS: a callable ``(EvalContext) -> ProtocolResult``
   (``harness.protocols.base``);
 - PROTOCOL_ARGS: the protocol's declaration of its arguments and metrics
@@ -21,8 +23,34 @@ from typing import Any
 
 from harness.registry import Registry
 
+
+class DatasetRegistry(Registry[Any]):
+    """The dataset registry: the registered adapters, and ``hf/<name>`` for any collection, built on demand.
+
+    A collection's adapter is not registered (``names()`` lists the registered datasets only): which
+    collections exist depends on the data root, which a registry does not know.
+    """
+
+    PREFIX = "hf/"
+
+    def get(self, name: str) -> Any:
+        if str(name).startswith(self.PREFIX) and not super().__contains__(name):
+            from harness.data.hf_datasets import adapter
+            from harness.data.schema import DataError
+            from harness.registry import UnknownNameError
+
+            try:
+                return adapter(name)
+            except DataError as exc:  # not a folder name: as unknown as any other name
+                raise UnknownNameError(f"unknown {self.kind} {name!r}: {exc}") from None
+        return super().get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name) or str(name).startswith(self.PREFIX)
+
+
 METHODS: Registry[Any] = Registry("method")
-DATASETS: Registry[Any] = Registry("dataset")
+DATASETS: Registry[Any] = DatasetRegistry("dataset")
 PROTOCOLS: Registry[Any] = Registry("protocol")
 PROTOCOL_ARGS: Registry[Any] = Registry("protocol declaration")
 

@@ -232,6 +232,13 @@ def build_task_data(task: TaskSpec, records: Records, image_size: int, *, eval_r
         DataError: a patient in two of the task's splits (unless ``split.on_leak`` is ``drop``), an
             empty split, or rows without an official split where the task uses it.
     """
+    for recs in (records, eval_records):
+        missing = [n for n in task.labels if recs is not None and n not in recs.label_names]
+        if missing:  # a collection's labels are its column map's, unknown until it is read (hf/<name>)
+            column_map = recs.extras.get("column_map")
+            raise DataError(f"{task.path or task.name}: labels: {missing[0]!r} is not a label of {recs.dataset} "
+                            f"(its labels: {list(recs.label_names)}"
+                            f"{f'; from {column_map}' if column_map else ''})")
     skipped = {f"{records.dataset}: {k}": v for k, v in records.skipped.items()}
     warnings = {f"{records.dataset}: {k}": v for k, v in records.warnings.items()}
     split_files = {records.dataset: records.split_files}

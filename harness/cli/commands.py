@@ -112,6 +112,22 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """``harness export``: records and leaderboards as parquet (``harness.reporting.export``); 1 without records."""
+    from harness.reporting.export import export
+
+    written, problems = export(args.results, args.out)
+    for p in problems:
+        print(f"warning: {p}", file=sys.stderr)
+    if not written:
+        print(f"no result records under {args.results}", file=sys.stderr)
+        return 1
+    files = [p for p in written if p.suffix == ".parquet"]
+    print(f"exported to {args.out}: {len(files)} parquet file(s) and {written[0].name} "
+          f"(load with datasets.load_dataset(\"parquet\", data_files=...), see its README)")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """``harness compare``: the paired comparison of two leaderboard rows; 2 for an unknown row or metric."""
     from harness.reporting.compare import compare
@@ -216,5 +232,6 @@ def cmd_regress(args: argparse.Namespace) -> int:
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "ls": cmd_ls, "validate": cmd_validate, "leaderboard": cmd_leaderboard, "compare": cmd_compare,
-    "data": cmd_data, "regress": cmd_regress, "submit": cmd_submit, "sweep": run_sweep, "bench": cmd_bench,
+    "data": cmd_data, "export": cmd_export, "regress": cmd_regress, "submit": cmd_submit, "sweep": run_sweep,
+    "bench": cmd_bench,
 }

@@ -55,7 +55,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="folder with the datasets in their original layouts (env HARNESS_DATA_ROOT); "
                         "default: the embedded synthetic world")
     p.add_argument("--results", default="results", help="results directory (default: results/)")
-    p.add_argument("--tasks-dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--tasks-dir", default=None, metavar="DIR",
+                   help="folder of task files (default: the repository's tasks/), e.g. a task on your hf/<name> "
+                        "collection")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     """)
     p.add_argument("--results", default="results")
     p.add_argument("--out", default="leaderboards")
+
+    p = _sub(sub, "export", "write result records and leaderboard tables as parquet that `datasets` loads", """
+        python -m harness export --results results --out hf-results
+        python -m harness export --out hf-results   # then, in Python:
+        # datasets.load_dataset("parquet", data_files="hf-results/synthetic/results/*/*/mimic-cls.parquet")
+    """)
+    p.add_argument("--results", default="results")
+    p.add_argument("--out", required=True, help="folder to write (absent, empty, or an earlier export: replaced)")
 
     p = _sub(sub, "compare", "paired comparison of two leaderboard rows over the seeds they share", """
         python -m harness compare --task mimic-cls moco random

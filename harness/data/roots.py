@@ -21,7 +21,9 @@ Adapters read ``<root>/<source>``; with overrides, ``DataRoot.path`` is a small
 folder of symbolic links (``$HARNESS_CACHE/roots/<hash>/<source> -> folder``), so
 every adapter sees one root whichever way the sources were given. Dataset names
 work as source names too: ``source_present("mimic-cxr")`` asks for the dataset,
-i.e. the MIMIC-CXR-JPG tree (``sources["mimic-cxr"]`` stays the reports folder).
+i.e. the MIMIC-CXR-JPG tree (``sources["mimic-cxr"]`` stays the reports folder), and
+``source_present("hf/<name>")`` for one Hugging Face-format collection under ``hf/``
+(``HARNESS_ROOT_HF`` points at a folder of collections).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from pathlib import Path
 from harness.data.schema import DataError, DataSource
 from harness.storage import cache_root, file_lock
 
-SOURCES = ("mimic-cxr-jpg", "mimic-cxr", "mimiciv", "chexpert", "nih14", "openi")
+# "hf": the folder of Hugging Face-format collections, one subfolder each (dataset hf/<name>)
+SOURCES = ("mimic-cxr-jpg", "mimic-cxr", "mimiciv", "chexpert", "nih14", "openi", "hf")
 ENV_DATA_ROOT = "HARNESS_DATA_ROOT"
 ENV_SYNTH_SCALE = "HARNESS_SYNTH_SCALE"
 MARKER = "HARNESS_SYNTHETIC.json"
@@ -64,7 +67,11 @@ class DataRoot:
     sources: dict[str, Path] = field(default_factory=dict)
 
     def source_present(self, name: str) -> bool:
-        """Whether source (or dataset) ``name`` has a non-empty folder."""
+        """Whether source (or dataset) ``name`` has a non-empty folder (``hf/<name>``: that collection's)."""
+        source, _, collection = name.partition("/")
+        if source == "hf" and collection:
+            folder = self.sources.get(source)
+            return folder is not None and (folder / collection).is_dir() and any((folder / collection).iterdir())
         folder = self.sources.get(DATASET_FOLDER.get(name, name))
         return folder is not None and folder.is_dir() and any(folder.iterdir())
 
