@@ -10,6 +10,10 @@ learning", Sci Rep 2024 (arXiv 2407.04449; code github.com/nyuad-cai/CXR-EHR-MSN
     anchor views --mask 15 % patches--> anchor ViT --> CLS --[fuse EHR]--> anchor head --> anchor z (V*B, D)
     loss(anchor z, target z, prototypes)      (losses.MSNLoss: Sinkhorn on targets, ME-MAX on anchors)
 
+Without EHR the anchor head runs once per view size (its BatchNorm sees the random anchors, then
+the focal anchors, as in both references); with EHR once over all anchor views, as the authors'
+EHR model does.
+
 EHR fusion (anchor branch ONLY; the target and evaluation never see EHR)::
 
     e = Linear(ehr_in -> 128)(EHR)                   no activation, repeated for every anchor view
@@ -208,17 +212,24 @@ class MSN(nn.Module):
 
     def encode_anchors(self, anchor_views: list[torch.Tensor], ehr: torch.Tensor | None = None,
                        generator: torch.Generator | None = None) -> torch.Tensor:
-        """Masked anchor views (views of one size are batched together) -> ``(V*B, D)`` view-major."""
+        """Masked anchor views (views of one size are batched together) -> ``(V*B, D)`` view-major.
+
+        Vanilla MSN projects each size group on its own, so the head's BatchNorm statistics are per
+        group (the random anchors, then the focal ones), as both references do: MSN's ``deit.py``
+        applies ``fc`` inside its per-size loop, and the MSN+EHR authors' vanilla MSN
+        (``baselinemodels.MSN.encode_masked``) projects inside ``encode_masked``. With EHR the CLS
+        tokens of all anchor views are fused and projected together, as ``cxrehrmsn.py`` does.
+        """
+        if self.ehr_fusion is not None and ehr is None:
+            raise ValueError("MSN+EHR: the anchor branch needs the images' EHR vectors")
         cls = []
         for group, size in enumerate(dict.fromkeys(v.shape[-1] for v in anchor_views)):  # random, then focal
             same = [v for v in anchor_views if v.shape[-1] == size]
             ratio = 0.0 if self.masking == "msn" and group > 0 else self.mask_ratio  # MSN: focal views unmasked
             cls.append(masked_cls(self.anchor_backbone, torch.cat(same), ratio, generator, self.masking))
-        z = torch.cat(cls)  # (V*B, D); order: views by size group, each group in its given order
-        if self.ehr_fusion is not None:
-            if ehr is None:
-                raise ValueError("MSN+EHR: the anchor branch needs the images' EHR vectors")
-            z = self.ehr_fusion(z, ehr)  # (V*B, D)
+        if self.ehr_fusion is None:
+            return torch.cat([self.anchor_projection_head(c) for c in cls])  # (V*B, D), views by size group
+        z = self.ehr_fusion(torch.cat(cls), ehr)  # (V*B, D); order: views by size group, each in its given order
         return self.anchor_projection_head(z)  # (V*B, D)
 
     def forward(self, views: list[torch.Tensor], ehr: torch.Tensor | None = None,
