@@ -126,12 +126,16 @@ def masked_cls(backbone: VitBackbone, images: torch.Tensor, mask_ratio: float,
 
 
 class MSNProjectionHead(nn.Sequential):
-    """Linear-BN-GELU-Linear-BN-GELU-Linear (lightly ``MSNProjectionHead(D, 4D, D)`` in the authors' code)."""
+    """Linear-BN-GELU-Linear-BN-GELU-Linear (lightly ``MSNProjectionHead(D, 4D, D)`` in the authors' code).
+
+    As lightly 1.4.21's ``ProjectionHead``, a Linear followed by a BatchNorm has no bias (the
+    BatchNorm would subtract it again); MSN's ``init_model`` keeps one there.
+    """
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
         super().__init__(
-            nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.GELU(),
+            nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.GELU(),
             nn.Linear(hidden_dim, out_dim),
         )
 

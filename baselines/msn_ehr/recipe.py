@@ -40,7 +40,8 @@ _SETTING_TEXT = {
 }
 
 FIXED_DIFFERENCES = (
-    "projection head D-4D-D with BatchNorm (lightly MSNProjectionHead; MSN: 2048 hidden, 256 out)",
+    "projection head D-4D-D with BatchNorm and no bias before it (lightly MSNProjectionHead; MSN: 2048 hidden, "
+    "256 out, biases)",
     "no colour jitter, grey-scale or blur (MSN: colour distortion 0.5, blur p 0.5)",
     "AdamW with constant weight decay (MSN: cosine 0.04 -> 0.4)",
     "lr cosine to 0 over the run (MSN: 15 warm-up epochs from 2e-4 to 1e-3, cosine to 1e-6 over 1.25 x the run)",
