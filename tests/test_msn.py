@@ -230,6 +230,48 @@ def test_profiles_have_image_size_and_seed():
             assert {"image_size", "seed"} <= set(profile)
         assert method.profiles["paper"]["mask_ratio"] == 0.15 and method.profiles["paper"]["num_prototypes"] == 1024
         assert method.profiles["small"]["num_prototypes"] == 64 and method.profiles["small"]["patch_size"] == 8
+        # the paper profile is the released code's recipe; smoke and small keep the harness's measured choices
+        paper, small = method.profiles["paper"], method.profiles["small"]
+        assert (paper["train_prototypes"], paper["momentum_schedule"], paper["momentum"], paper["weight_decay_on"],
+                paper["masking"]) == (False, "constant", 0.996, "all", "cxr-ehr-msn")
+        assert (small["train_prototypes"], small["momentum_schedule"], small["weight_decay_on"], small["masking"]
+                ) == (True, "constant", "all", "per-image")
+
+
+@pytest.mark.parametrize("recipe", ["released", "original"])
+def test_pretrain_applies_the_recipe_settings(tmp_path, monkeypatch, recipe):
+    """pretrain wires the named settings: frozen vs trained prototypes, the decay groups, the EMA schedule."""
+    from baselines.common.ema import ema_momentum
+    from baselines.common.seeding import seed_all
+    from baselines.msn_ehr.pretrain import build_model
+    from baselines.msn_ehr.recipe import ORIGINAL_MSN
+
+    method = MSNMethod()
+    overrides = (ORIGINAL_MSN if recipe == "original" else
+                 {"train_prototypes": False, "masking": "cxr-ehr-msn", "momentum_schedule": "constant"})
+    config = {**method.profiles["smoke"], **overrides}
+    seen: list[float] = []
+    update = MSN.momentum_update_target
+
+    def recording_update(self, momentum=None):  # the real update, with the momentum pretrain passes recorded
+        seen.append(momentum)
+        update(self, momentum)
+
+    monkeypatch.setattr(MSN, "momentum_update_target", recording_update)
+    data = training_data(16, config["image_size"], with_ehr=False)
+    final = method.pretrain(PretrainRequest(data=data, config=config, workdir=tmp_path, seed=0, device="cpu",
+                                            progress=False))
+    seed_all(0)
+    initial = build_model(method.config(config), 0).prototypes.detach()
+    trained = load_checkpoint(final)["model"]["prototypes"]
+    decays = [g["weight_decay"] for g in load_checkpoint(tmp_path / "checkpoint.pt")["optimizer"]["param_groups"]]
+    steps = config["steps"]
+    if recipe == "original":
+        assert not torch.equal(trained, initial) and decays == [config["weight_decay"], 0.0]
+        assert seen == [ema_momentum(i, steps, 0.996, "linear", 1.0) for i in range(steps)] and seen[-1] > 0.996
+    else:
+        assert torch.equal(trained, initial) and decays == [config["weight_decay"]]  # frozen; one decayed group
+        assert seen == [config["momentum"]] * steps
 
 
 def shallow_vit():
