@@ -279,6 +279,8 @@ def test_loss_and_gradients_match_both_references(sharpen, iterations):
         torch.testing.assert_close(got, exp, rtol=1e-5, atol=ATOL)
     lightly = lightly_msn_loss(anchors, targets, protos, sharpen, sinkhorn_iterations=iterations)
     torch.testing.assert_close(loss, lightly, rtol=0, atol=ATOL)
+    for got, exp in zip(grads, torch.autograd.grad(lightly, (anchors, protos)), strict=True):
+        torch.testing.assert_close(got, exp, rtol=1e-5, atol=ATOL)
     assert loss.item() > 0.1  # not a degenerate case
 
 
