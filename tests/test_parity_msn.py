@@ -290,6 +290,21 @@ def test_sinkhorn_matches_distributed_sinkhorn_on_one_process():
         torch.testing.assert_close(sinkhorn(probs, iterations), msn_sinkhorn(probs, iterations), rtol=0, atol=ATOL)
 
 
+# ---------------------------------------------------------------- views
+
+
+def test_paper_views_are_the_trainers_msn_transform():
+    """cxr_ehr_msn_trainer.py: MSNTransform(random_size=224, focal_size=96, random_views=2, focal_views=10,
+    random_crop_scale=(0.3, 1), cj_prob=0, gaussian_blur=0, random_gray_scale=0, hf_prob=0.5), lightly's
+    focal crop scale default (0.05, 0.3); views[0] the target, views[1] and views[2:] the anchors."""
+    from baselines.msn_ehr.pretrain import view_configs
+
+    views = view_configs(MSNMethod().config(MSNMethod.profiles["paper"]))
+    assert [v.size for v in views] == [224, 224] + [96] * 10
+    assert [v.scale for v in views] == [(0.3, 1.0)] * 2 + [(0.05, 0.3)] * 10
+    assert all(v.hflip and v.rotation == 0 and v.brightness == 0 and v.contrast == 0 for v in views)
+
+
 # ---------------------------------------------------------------- masking
 
 
@@ -374,7 +389,7 @@ def harness_steps(model: MSN, cfg: MSNConfig, steps: int, ehr: torch.Tensor | No
 
 def test_paper_recipe_matches_the_cxr_ehr_msn_code_for_two_updates():
     """Frozen prototypes, EMA 0.996 held, AdamW decay on every parameter, lightly's mask: the paper profile."""
-    cfg = MSNConfig(**{**MSNMethod.profiles["paper"], "lr": LR, "weight_decay": WD})
+    cfg = MSNMethod().config({**MSNMethod.profiles["paper"], "lr": LR, "weight_decay": WD})
     assert {k: MSNEHRMethod.profiles["paper"][k] for k in ORIGINAL_MSN} == {k: getattr(cfg, k) for k in ORIGINAL_MSN}
     assert (cfg.train_prototypes, cfg.momentum_schedule, cfg.weight_decay_on, cfg.masking) == (
         False, "constant", "all", "cxr-ehr-msn")
@@ -424,8 +439,8 @@ def msn_steps(model: MSN, cfg: MSNConfig, steps: int) -> tuple[MSN, list[torch.T
 
 def test_original_msn_settings_match_facebookresearch_msn_for_three_updates():
     """ORIGINAL_MSN: trained prototypes, linear EMA, init_opt's decay groups, deit's mask: three updates."""
-    cfg = MSNConfig(**{**MSNMethod.profiles["smoke"], **ORIGINAL_MSN, "lr": LR, "weight_decay": WD,
-                       "sharpen_temperature": 0.25})
+    cfg = MSNMethod().config({**MSNMethod.profiles["smoke"], **ORIGINAL_MSN, "lr": LR, "weight_decay": WD,
+                              "sharpen_temperature": 0.25})
     torch.manual_seed(0)
     model = MSN(shallow_vit, num_prototypes=K_PROTO, mask_ratio=cfg.mask_ratio, momentum=cfg.momentum,
                 train_prototypes=cfg.train_prototypes, masking=cfg.masking)
@@ -478,7 +493,7 @@ def test_the_card_lists_every_difference_from_the_original_msn():
     for setting in ("train_prototypes=false", "momentum_schedule=constant", "weight_decay_on=all",
                     "masking=cxr-ehr-msn", *FIXED_DIFFERENCES):
         assert setting in notes
-    original = MSNConfig(**{**MSNMethod.profiles["paper"], **ORIGINAL_MSN})
+    original = MSNMethod().config({**MSNMethod.profiles["paper"], **ORIGINAL_MSN})
     assert differences_from_msn(original) == FIXED_DIFFERENCES  # nothing named left to differ
     assert differences_from_msn(MSNConfig(**{**ORIGINAL_MSN, "momentum": 0.99}))[0].startswith(
         "EMA momentum ramped linearly 0.99 -> 1.0")
