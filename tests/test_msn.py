@@ -223,6 +223,19 @@ def test_msn_ehr_config_keys_and_missing_ehr_columns(tmp_path):
         method.pretrain(request)
 
 
+@pytest.mark.parametrize(("method", "setting", "message"), [
+    ("msn", "masking=bogus", "msn: masking must be one of ['cxr-ehr-msn', 'msn', 'per-image'], got 'bogus'"),
+    ("msn-ehr", "momentum_schedule=cosine", "msn: momentum_schedule must be one of ['constant', 'linear']"),
+    ("msn", "weight_decay_on=biases", "msn: weight_decay_on must be one of ['all', 'weights'], got 'biases'"),
+    ("msn", "momentum_final=0.5", "msn: need momentum <= momentum_final <= 1, got 0.996 / 0.5"),
+])
+def test_a_bad_recipe_value_is_one_cli_error_line(capsys, method, setting, message):
+    from tests.corpus import cli_error
+
+    line = cli_error(["run", "--method", method, "--task", "mock", "--profile", "smoke", "--set", setting], capsys)
+    assert line.startswith(f"harness: error: {message}")
+
+
 def test_profiles_have_image_size_and_seed():
     for method in (MSNMethod(), MSNEHRMethod()):
         assert set(method.profiles) == {"smoke", "small", "paper"}
