@@ -1,5 +1,7 @@
 """MSN / MSN+EHR: Sinkhorn marginals, ME-MAX, the EMA target, token masking, trained prototypes, EHR in the
-anchor branch only, and a smoke pretrain -> load -> encode for both ``msn`` and ``msn-ehr``."""
+anchor branch only, a smoke pretrain -> load -> encode for both ``msn`` and ``msn-ehr``, the profiles'
+recipe settings and pretrain's wiring of them, and a bad recipe value as one CLI error line. The parity
+with the two references is tests/test_parity_msn.py."""
 
 from __future__ import annotations
 

@@ -79,14 +79,30 @@ def pretrain(request: PretrainRequest, cfg: MoCoConfig, card: dict) -> Path:
 
 
 def build_optimizer(model: MoCo, cfg: MoCoConfig) -> torch.optim.Adam:
-    """Adam over the query encoder, weight decay on every parameter (MoCo-CXR ``main_moco.py --optimizer adam``;
-    the key encoder is not trained by gradient)."""
+    """Adam over the query encoder, weight decay on every parameter (MoCo-CXR ``main_moco.py --optimizer adam``).
+
+    Args:
+        model: the MoCo model (the key encoder, never trained by gradient, is left out).
+        cfg: lr and weight decay.
+
+    Returns:
+        The optimiser.
+    """
     groups = weight_decay_groups(model.named_parameters(), cfg.weight_decay, "all")
     return torch.optim.Adam(groups, lr=cfg.lr)
 
 
 def moco_step(model: torch.nn.Module, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict]:
-    """The Trainer step: InfoNCE (cross-entropy with the positive key in column 0) and the contrast top-1."""
+    """The Trainer step: InfoNCE (cross-entropy with the positive key in column 0) and the contrast top-1.
+
+    Args:
+        model: the MoCo model (DDP-wrapped under torchrun).
+        batch: ``{"views": [query images, key images]}``, ``(B, C, S, S)`` each.
+        ctx: the step's context (unused: the shuffle is drawn from the global RNG, as in MoCo).
+
+    Returns:
+        The loss and ``{"top1": contrast accuracy}``.
+    """
     im_q, im_k = batch["views"]  # two augmented views of the same images, (B, C, S, S) each
     logits, labels = model(im_q, im_k)  # (B, 1 + K), (B,)
     loss = F.cross_entropy(logits, labels)  # InfoNCE

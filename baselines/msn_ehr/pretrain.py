@@ -128,15 +128,32 @@ def build_model(cfg: MSNConfig, ehr_in: int) -> MSN:
 
 
 def build_optimizer(model: MSN, cfg: MSNConfig) -> torch.optim.AdamW:
-    """AdamW over the trained parameters, decayed as ``cfg.weight_decay_on`` says (the prototypes never, under
-    ``weights``, as MSN's ``init_opt``)."""
+    """AdamW over the trained parameters, decayed as ``cfg.weight_decay_on`` says.
+
+    Args:
+        model: the MSN model (frozen parameters, the target branch and frozen prototypes, are left out).
+        cfg: lr, weight decay and its scope (``all``: the released code; ``weights``: MSN's ``init_opt``,
+            which never decays the prototypes).
+
+    Returns:
+        The optimiser, one parameter group per decay value.
+    """
     groups = weight_decay_groups(model.named_parameters(), cfg.weight_decay, cfg.weight_decay_on,
                                  exclude=[model.prototypes])
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def target_momentum(cfg: MSNConfig, step: int, total_steps: int) -> float:
-    """The EMA momentum of the target update after optimiser step ``step`` (``cfg.momentum_schedule``)."""
+    """The EMA momentum of the target update after optimiser step ``step``.
+
+    Args:
+        cfg: ``momentum``, ``momentum_schedule`` and ``momentum_final``.
+        step: the step just taken (0-based).
+        total_steps: the run's length.
+
+    Returns:
+        ``m`` for ``MSN.momentum_update_target`` (``baselines.common.ema.ema_momentum``).
+    """
     return ema_momentum(step, total_steps, cfg.momentum, cfg.momentum_schedule, cfg.momentum_final)
 
 
