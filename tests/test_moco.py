@@ -15,6 +15,7 @@ from baselines.common.backbones import CnnBackbone
 from baselines.common.train import load_checkpoint
 from baselines.moco import MoCoMethod
 from baselines.moco.model import MoCo
+from baselines.moco.pretrain import queue_size
 from harness.cohort import TrainingData
 from harness.data.images import ImageView
 from harness.encoders import PretrainRequest, capabilities
@@ -138,3 +139,17 @@ def test_unknown_config_key_is_an_error():
     method = MoCoMethod()
     with pytest.raises(ValueError, match="did you mean 'K'"):
         method.load(None, {**method.profiles["smoke"], "k": 5})
+
+
+def test_paper_profile_is_moco_cxrs_scripts_and_the_card_says_the_queue_cap():
+    """MoCo-CXR 9ff5795 (docs/methods.md section 5.1): flip, RandomRotation(10), a crop, no photometric change;
+    Adam lr 1e-4 wd 1e-4, batch 16, 20 epochs, x0.1 at 12/18/24, T 0.2, m 0.999, dim 128, queue 24,576."""
+    method = MoCoMethod()
+    cfg = method.config(method.profiles["paper"])
+    assert (cfg.brightness, cfg.contrast, cfg.rotation, cfg.hflip) == (0.0, 0.0, 10.0, True)
+    assert (cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.epochs, cfg.lr_decay_epochs) == (
+        1e-4, 1e-4, 16, 20.0, (12.0, 18.0, 24.0))
+    assert (cfg.T, cfg.m, cfg.dim, cfg.K, cfg.mlp, cfg.init) == (0.2, 0.999, 128, 24576, True, "imagenet")
+    notes = method.card_for(cfg).notes
+    assert "queue capped at a quarter of the training images" in notes and "training-set size" not in notes
+    assert queue_size(cfg, 1000, 16) == 240  # a quarter (250) rounded down to a multiple of the global batch

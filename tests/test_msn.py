@@ -1,5 +1,7 @@
 """MSN / MSN+EHR: Sinkhorn marginals, ME-MAX, the EMA target, token masking, trained prototypes, EHR in the
-anchor branch only, and a smoke pretrain -> load -> encode for both ``msn`` and ``msn-ehr``."""
+anchor branch only, a smoke pretrain -> load -> encode for both ``msn`` and ``msn-ehr``, the profiles'
+recipe settings and pretrain's wiring of them, and a bad recipe value as one CLI error line. The parity
+with the two references is tests/test_parity_msn.py."""
 
 from __future__ import annotations
 
@@ -223,6 +225,19 @@ def test_msn_ehr_config_keys_and_missing_ehr_columns(tmp_path):
         method.pretrain(request)
 
 
+@pytest.mark.parametrize(("method", "setting", "message"), [
+    ("msn", "masking=bogus", "msn: masking must be one of ['cxr-ehr-msn', 'msn', 'per-image'], got 'bogus'"),
+    ("msn-ehr", "momentum_schedule=cosine", "msn: momentum_schedule must be one of ['constant', 'linear']"),
+    ("msn", "weight_decay_on=biases", "msn: weight_decay_on must be one of ['all', 'weights'], got 'biases'"),
+    ("msn", "momentum_final=0.5", "msn: need momentum <= momentum_final <= 1, got 0.996 / 0.5"),
+])
+def test_a_bad_recipe_value_is_one_cli_error_line(capsys, method, setting, message):
+    from tests.corpus import cli_error
+
+    line = cli_error(["run", "--method", method, "--task", "mock", "--profile", "smoke", "--set", setting], capsys)
+    assert line.startswith(f"harness: error: {message}")
+
+
 def test_profiles_have_image_size_and_seed():
     for method in (MSNMethod(), MSNEHRMethod()):
         assert set(method.profiles) == {"smoke", "small", "paper"}
@@ -230,6 +245,48 @@ def test_profiles_have_image_size_and_seed():
             assert {"image_size", "seed"} <= set(profile)
         assert method.profiles["paper"]["mask_ratio"] == 0.15 and method.profiles["paper"]["num_prototypes"] == 1024
         assert method.profiles["small"]["num_prototypes"] == 64 and method.profiles["small"]["patch_size"] == 8
+        # the paper profile is the released code's recipe; smoke and small keep the harness's measured choices
+        paper, small = method.profiles["paper"], method.profiles["small"]
+        assert (paper["train_prototypes"], paper["momentum_schedule"], paper["momentum"], paper["weight_decay_on"],
+                paper["masking"]) == (False, "constant", 0.996, "all", "cxr-ehr-msn")
+        assert (small["train_prototypes"], small["momentum_schedule"], small["weight_decay_on"], small["masking"]
+                ) == (True, "constant", "all", "per-image")
+
+
+@pytest.mark.parametrize("recipe", ["released", "original"])
+def test_pretrain_applies_the_recipe_settings(tmp_path, monkeypatch, recipe):
+    """pretrain wires the named settings: frozen vs trained prototypes, the decay groups, the EMA schedule."""
+    from baselines.common.ema import ema_momentum
+    from baselines.common.seeding import seed_all
+    from baselines.msn_ehr.pretrain import build_model
+    from baselines.msn_ehr.recipe import ORIGINAL_MSN
+
+    method = MSNMethod()
+    overrides = (ORIGINAL_MSN if recipe == "original" else
+                 {"train_prototypes": False, "masking": "cxr-ehr-msn", "momentum_schedule": "constant"})
+    config = {**method.profiles["smoke"], **overrides}
+    seen: list[float] = []
+    update = MSN.momentum_update_target
+
+    def recording_update(self, momentum=None):  # the real update, with the momentum pretrain passes recorded
+        seen.append(momentum)
+        update(self, momentum)
+
+    monkeypatch.setattr(MSN, "momentum_update_target", recording_update)
+    data = training_data(16, config["image_size"], with_ehr=False)
+    final = method.pretrain(PretrainRequest(data=data, config=config, workdir=tmp_path, seed=0, device="cpu",
+                                            progress=False))
+    seed_all(0)
+    initial = build_model(method.config(config), 0).prototypes.detach()
+    trained = load_checkpoint(final)["model"]["prototypes"]
+    decays = [g["weight_decay"] for g in load_checkpoint(tmp_path / "checkpoint.pt")["optimizer"]["param_groups"]]
+    steps = config["steps"]
+    if recipe == "original":
+        assert not torch.equal(trained, initial) and decays == [config["weight_decay"], 0.0]
+        assert seen == [ema_momentum(i, steps, 0.996, "linear", 1.0) for i in range(steps)] and seen[-1] > 0.996
+    else:
+        assert torch.equal(trained, initial) and decays == [config["weight_decay"]]  # frozen; one decayed group
+        assert seen == [config["momentum"]] * steps
 
 
 def shallow_vit():

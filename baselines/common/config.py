@@ -52,8 +52,9 @@ class TrainingConfig(MethodConfig):
     checkpoint_every: int = 1000  # steps between resumable checkpoints (0: only at the end)
     log_every: int = 10  # steps between log.jsonl lines
     amp: str = "auto"  # 16-bit autocast on CUDA (bf16 where supported), float32 on CPU; or off / bf16 / fp16
-    # The photometric and rotation part of every view (baselines.common.data.AugmentConfig); the
-    # defaults are MoCo-CXR's CXR-safe values. Crop and flip differ by method and live with it.
+    # The photometric and rotation part of every view (baselines.common.data.AugmentConfig). Rotation is
+    # MoCo-CXR's; brightness / contrast are a harness addition (MoCo-CXR has no photometric change, so its
+    # paper profile sets both to 0). Crop and flip differ by method and live with it.
     rotation: float = 10.0  # max degrees either way
     brightness: float = 0.1  # additive, +- this on [0, 1] intensities
     contrast: float = 0.1  # multiplicative, 1 +- this about each image's mean

@@ -5,9 +5,10 @@ on faint grey-level differences, so the views are built from what keeps both
 (MoCo-CXR, Sowrirajan et al. 2021): a random resized crop with a *conservative*
 area range (most of the thorax stays in view), a small rotation (patients are
 not always square to the detector), an optional horizontal flip (recipe
-choice: it swaps the heart's side, which MoCo-CXR accepted), and small
-brightness/contrast changes (exposure varies between machines). No colour
-jitter (the images are grey), no blur, no solarisation.
+choice: it swaps the heart's side, which MoCo-CXR accepted), and, a harness
+addition MoCo-CXR does not make, small brightness/contrast changes (exposure
+varies between machines). No colour jitter (the images are grey), no blur, no
+solarisation.
 
 How. All geometric changes of one view are one affine map per image applied
 with a single ``grid_sample`` on the batch, on whatever device the batch is on;
@@ -36,7 +37,9 @@ from harness.encoders import Preprocess
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """One view's augmentation. Defaults follow MoCo-CXR's "chexpert" augmentations."""
+    """One view's augmentation. Flip and rotation follow MoCo-CXR's "chexpert" augmentations; the crop's area
+    range and the brightness / contrast changes are harness additions (MoCo-CXR: a fixed-size crop, no
+    photometric change)."""
 
     size: int | None = None  # output side in px; None: the encoder's preprocess.image_size
     scale: tuple[float, float] = (0.6, 1.0)  # crop area fraction; conservative so the thorax stays in view

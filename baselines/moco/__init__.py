@@ -44,9 +44,11 @@ class MoCoMethod(BaselineMethod):
         return MethodCard(
             name=self.name, paper=self.paper, preprocess=imagenet_preprocess(cfg.image_size, 3),
             pretraining_data=seen,
-            notes=(f"{cfg.backbone} at {cfg.image_size} px, init {cfg.init}; harness choices: queue capped at the "
-                   "training-set size, single-process shuffle-BN by sub-batches, grey repeated to 3 channels with "
-                   "ImageNet mean/std"),
+            notes=(f"{cfg.backbone} at {cfg.image_size} px, init {cfg.init}; harness choices: queue capped at a "
+                   "quarter of the training images (a multiple of the global batch), single-process shuffle-BN by "
+                   f"{cfg.shuffle_bn_splits} sub-batches (MoCo-CXR's one-GPU scripts: none), grey repeated to 3 "
+                   "channels with ImageNet mean/std (MoCo-CXR: 0.502 / 0.0856), random resized crop of area "
+                   f"{cfg.scale[0]}-{cfg.scale[1]} (MoCo-CXR: a fixed-size random crop)"),
         )
 
     def train(self, request: PretrainRequest, cfg: MoCoConfig, card: dict[str, Any]) -> Path:

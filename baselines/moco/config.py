@@ -2,9 +2,12 @@
 
 ``paper`` follows MoCo-CXR's scripts (docs/methods.md section 5.1: Adam lr 1e-4, wd 1e-4,
 batch 16, 20 epochs, lr x0.1 at epochs 12/18/24, T 0.2, m 0.999, dim 128, queue
-24,576, flip + 10 degree rotation + crop, no colour jitter) with the harness's
-ResNet-50 at 224 px (MoCo-CXR used ResNet-18 / DenseNet-121 at 320 px: harness
-choice, so the image features match the Dalla Serra et al. ResNet-50 pipeline).
+24,576, flip + 10 degree rotation + crop, no colour jitter nor brightness / contrast change)
+with the harness's ResNet-50 at 224 px (MoCo-CXR used ResNet-18 / DenseNet-121 at 320 px:
+harness choice, so the image features match the Dalla Serra et al. ResNet-50 pipeline).
+Shuffle BN stays on (2 sub-batches of 8 on one process) where MoCo-CXR's one-GPU scripts had
+none (a one-GPU shuffle leaves BatchNorm's batch unchanged): harness choice, since shuffle BN
+is part of MoCo; ``--set shuffle_bn_splits=1`` gives MoCo-CXR's one-GPU behaviour.
 ``small`` is the CPU default on the synthetic world; ``smoke`` runs in seconds.
 """
 
@@ -18,7 +21,8 @@ from baselines.common.config import TrainingConfig, to_dict
 @dataclass(frozen=True)
 class MoCoConfig(TrainingConfig):
     """MoCo v2 with the MoCo-CXR recipe. From ``TrainingConfig`` unchanged: Adam (MoCo-CXR) lr 1e-4 and
-    weight decay 1e-4, rotation 10 degrees, brightness and contrast 0.1, ``steps``, ``log_every``, ``amp``, seed 0."""
+    weight decay 1e-4, rotation 10 degrees, ``steps``, ``log_every``, ``amp``, seed 0; and brightness and
+    contrast 0.1, a harness addition that ``paper`` turns off (MoCo-CXR has no photometric change)."""
 
     image_size: int = 96
     batch_size: int = 32  # global, over all processes (as MoCo's --batch-size); MoCo-CXR: 16
@@ -68,6 +72,7 @@ PROFILES = {
     "small": to_dict(MoCoConfig(backbone="efficientnet_lite0", image_size=128, init="imagenet", K=4096, m=0.99,
                                 batch_size=32, steps=200, checkpoint_every=50, scale=(0.85, 1.0), rotation=3.0,
                                 hflip=False, brightness=0.05, contrast=0.05, bn_stats="frozen")),
+    # paper: MoCo-CXR's scripts (docs/methods.md section 5.1): flip, rotation 10 and a crop, no photometric change
     "paper": to_dict(MoCoConfig(backbone="resnet50", image_size=224, init="imagenet", K=24576, batch_size=16,
-                                epochs=20.0, checkpoint_every=1000, log_every=50)),
+                                epochs=20.0, checkpoint_every=1000, log_every=50, brightness=0.0, contrast=0.0)),
 }

@@ -2,7 +2,7 @@
 
 The entry point of ``MoCoMethod.train`` (``BaselineMethod.pretrain`` calls it); resumable (a
 checkpoint in ``workdir`` is picked up) and DDP-ready (launch the runner under ``torchrun`` or
-a multi-task submitit job). The loss is InfoNCE on the logits ``model.MoCo`` returns (``_moco_step``).
+a multi-task submitit job). The loss is InfoNCE on the logits ``model.MoCo`` returns (``moco_step``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from baselines.common.config import to_dict
 from baselines.common.data import AugmentConfig, ViewBatches
 from baselines.common.encoder import imagenet_preprocess
 from baselines.common.method import data_meta
+from baselines.common.optim import weight_decay_groups
 from baselines.common.sampling import StepSampler
 from baselines.common.seeding import seed_all
 from baselines.common.train import StepContext, TrainConfig, Trainer, step_decay
@@ -61,8 +62,7 @@ def pretrain(request: PretrainRequest, cfg: MoCoConfig, card: dict) -> Path:
     seed_all(request.seed)  # the initialisation (random init, MLP heads, queue) is a function of the seed
     model = MoCo(lambda: base_encoder(cfg), dim=cfg.dim, K=K, m=cfg.m, T=cfg.T, mlp=cfg.mlp,
                  shuffle_bn_splits=cfg.shuffle_bn_splits, freeze_bn_stats=cfg.bn_stats == "frozen")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model, cfg)
     scheduler = step_decay(optimizer, tuple(round(e * steps_per_epoch) for e in cfg.lr_decay_epochs))
 
     sampler = StepSampler(len(images), rank_batch, seed=request.seed, rank=info.rank, world_size=info.world_size)
@@ -75,10 +75,34 @@ def pretrain(request: PretrainRequest, cfg: MoCoConfig, card: dict) -> Path:
             "data": data_meta(request.data, num_images=len(images))}
     trainer = Trainer(model, optimizer, TrainConfig.for_method(cfg, request, steps), request.workdir,
                       scheduler=scheduler, meta=meta)
-    return trainer.fit(_moco_step, batches, sampler=sampler)
+    return trainer.fit(moco_step, batches, sampler=sampler)
 
 
-def _moco_step(model: torch.nn.Module, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict]:
+def build_optimizer(model: MoCo, cfg: MoCoConfig) -> torch.optim.Adam:
+    """Adam over the query encoder, weight decay on every parameter (MoCo-CXR ``main_moco.py --optimizer adam``).
+
+    Args:
+        model: the MoCo model (the key encoder, never trained by gradient, is left out).
+        cfg: lr and weight decay.
+
+    Returns:
+        The optimiser.
+    """
+    groups = weight_decay_groups(model.named_parameters(), cfg.weight_decay, "all")
+    return torch.optim.Adam(groups, lr=cfg.lr)
+
+
+def moco_step(model: torch.nn.Module, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict]:
+    """The Trainer step: InfoNCE (cross-entropy with the positive key in column 0) and the contrast top-1.
+
+    Args:
+        model: the MoCo model (DDP-wrapped under torchrun).
+        batch: ``{"views": [query images, key images]}``, ``(B, C, S, S)`` each.
+        ctx: the step's context (unused: the shuffle is drawn from the global RNG, as in MoCo).
+
+    Returns:
+        The loss and ``{"top1": contrast accuracy}``.
+    """
     im_q, im_k = batch["views"]  # two augmented views of the same images, (B, C, S, S) each
     logits, labels = model(im_q, im_k)  # (B, 1 + K), (B,)
     loss = F.cross_entropy(logits, labels)  # InfoNCE

@@ -41,6 +41,7 @@ from baselines.msn_ehr.config import (
     build_config,
 )
 from baselines.msn_ehr.model import build_vit
+from baselines.msn_ehr.recipe import differences_from_msn
 from harness.encoders import MethodCard, PretrainRequest
 
 __all__ = ["MSNMethod", "MSNEHRMethod", "MSNConfig", "MSNEHRConfig", "EHRConfig"]
@@ -49,10 +50,11 @@ PAPER = ("Shurrab, Guerra-Manzanares, Shamout, 'Multimodal masked siamese networ
          "representation learning', Sci Rep 2024 (arXiv 2407.04449), recipe from the authors' code "
          "(nyuad-cai/CXR-EHR-MSN b3755c0); MSN: Assran et al. ECCV 2022")
 
-HARNESS_CHOICES = ("harness choices: training split only; prototypes trained (the released code freezes them; "
-                   "train_prototypes=false reproduces it); grey 1-channel patch embedding with grey ImageNet "
-                   "mean/std; per-step cosine; final weights (not lowest train loss); target (EMA) backbone "
-                   "evaluated, CLS token global, patch tokens regions")
+HARNESS_CHOICES = ("harness choices: training split only; grey 1-channel patch embedding with grey ImageNet "
+                   "mean/std; timm ViT; per-step cosine; final weights (not lowest train loss); EMA after each "
+                   "optimiser step (MSN's order); Sinkhorn and ME-MAX over the global batch under DDP (MSN; "
+                   "lightly's default is per GPU); target (EMA) backbone evaluated, CLS token global, patch "
+                   "tokens regions")
 
 
 class MSNMethod(BaselineMethod):
@@ -72,9 +74,11 @@ class MSNMethod(BaselineMethod):
         if isinstance(cfg, MSNEHRConfig):
             ehr = (f"; EHR {'+'.join(cfg.ehr.groups)} (age {cfg.ehr.age_encoding}, missing EHR "
                    f"{cfg.ehr.missing}) fused into the anchor branch in pretraining only")
+        # the named recipe settings appear among the differences when they are not MSN's (recipe.py)
         return MethodCard(name=self.name, paper=self.paper, preprocess=imagenet_preprocess(cfg.image_size, 1),
                           pretraining_data=("{task}",), capabilities=("image", "image_regions", "trainable"),
-                          notes=f"{model}, random init{ehr}; {HARNESS_CHOICES}")
+                          notes=(f"{model}, random init{ehr}; {HARNESS_CHOICES}; differences from the original "
+                                 f"MSN (facebookresearch/msn): {'; '.join(differences_from_msn(cfg))}"))
 
     def train(self, request: PretrainRequest, cfg: MSNConfig, card: dict[str, Any]) -> Path:
         from baselines.msn_ehr.pretrain import pretrain

@@ -4,15 +4,23 @@
 ``cxr_ehr_msn_trainer.py`` and its README command): ViT-Small (384-d, 12 layers,
 6 heads; ``--set backbone=vit_tiny`` gives their 192-d ViT-Tiny, also with **6 heads**)
 at 224 px with patch 16, 1 + 10 views (224 px random crops of area 0.3-1, 96 px focal
-crops of area 0.05-0.3, flip, nothing else), 15 % patch masking on anchors, 1,024 prototypes, T 0.1, target
-sharpening T 0.25, 3 Sinkhorn iterations, ME-MAX weight 1, EMA 0.996 held
-constant, AdamW lr 1e-4 / wd 1e-3, batch 64, 100 epochs, cosine to 0, seed 24.
+crops of area 0.05-0.3, flip, nothing else), 15 % patch masking on every anchor view
+(lightly's rule as the code calls it: ``masking=cxr-ehr-msn``), 1,024 prototypes FROZEN at
+their init (the code passes ``prototypes.data`` to the loss: ``train_prototypes=false``), T 0.1,
+target sharpening T 0.25, 3 Sinkhorn iterations, ME-MAX weight 1, EMA 0.996 held constant
+(``momentum_schedule=constant``), AdamW lr 1e-4 / wd 1e-3 on every parameter
+(``weight_decay_on=all``), batch 64, 100 epochs, cosine to 0, seed 24. So its numbers can be
+reproduced, the paper profile keeps the code's choices, the frozen prototypes included.
+
+The original MSN (facebookresearch/msn) differs on those four named settings
+(``recipe.ORIGINAL_MSN``: prototypes trained, EMA ramped linearly to 1.0, no decay on biases,
+1-D parameters and prototypes, one mask per batch on the random anchor only) and on more
+(``recipe.differences_from_msn``, on the method card).
 
 Harness choices (also on the method card):
 
-- the prototypes are TRAINED (``train_prototypes=True``): the released code passes
-  ``prototypes.data`` to the loss, so they never leave their random init; set
-  ``train_prototypes=false`` to reproduce that;
+- ``smoke`` and ``small`` TRAIN the prototypes and mask per image over all patches
+  (``masking=per-image``: lightly's rule without its off-by-one), as they were measured;
 - vanilla ``msn`` gets the same 100-epoch budget as ``msn-ehr`` (the authors'
   baseline script defaults to 50) so the comparison isolates the EHR;
 - grey input with a 1-channel patch embedding and the ImageNet mean/std collapsed
@@ -32,6 +40,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from baselines.common.config import TrainingConfig, from_dict, to_dict
+from baselines.common.ema import EMA_SCHEDULES
+from baselines.common.optim import WEIGHT_DECAY_SCOPES
+from baselines.msn_ehr.model import MASKING_RULES
 from harness.data.ehr import AGE_ENCODINGS, GROUPS, VARIABLES
 
 MISSING_POLICIES = ("impute", "exclude")
@@ -92,12 +103,18 @@ class MSNConfig(TrainingConfig):
     hflip: bool = True
     mask_ratio: float = 0.15  # fraction of an anchor's patch tokens dropped (the target is never masked)
     num_prototypes: int = 1024
-    train_prototypes: bool = True  # harness fix; false = the released code (prototypes frozen at init)
+    # The four recipe settings on which the two references differ (baselines.msn_ehr.recipe lists every
+    # difference). Defaults: the CXR-EHR-MSN code; recipe.ORIGINAL_MSN holds facebookresearch/msn's values.
+    train_prototypes: bool = False  # False: prototypes reach the loss as `.data`, frozen at init (released code)
+    weight_decay_on: str = "all"  # all: every trained parameter (released code) | weights: not biases/1-D/prototypes
+    masking: str = "cxr-ehr-msn"  # the tokens an anchor keeps (model.kept_tokens): cxr-ehr-msn | msn | per-image
     temperature: float = 0.1  # anchor and target softmax over prototypes
     sharpen_temperature: float = 0.25  # target sharpening p^(1/T)
     sinkhorn_iterations: int = 3  # on the targets; 0 disables
     me_max_weight: float = 1.0  # mean-entropy maximisation (ME-MAX) regulariser
-    momentum: float = 0.996  # EMA of the target branch, held constant as in the authors' code
+    momentum: float = 0.996  # EMA momentum of the target branch at the first step
+    momentum_schedule: str = "constant"  # constant: held (released code) | linear: to momentum_final (MSN)
+    momentum_final: float = 1.0  # where `linear` heads, over 1.25 x the run (baselines.common.ema)
     warmup_steps: int = 0  # linear lr warm-up before the cosine (the authors' code: none)
 
     def __post_init__(self) -> None:
@@ -112,6 +129,13 @@ class MSNConfig(TrainingConfig):
             raise ValueError(f"msn: bad num_prototypes / num_focal_views / batch_size in {self}")
         if self.temperature <= 0 or self.sharpen_temperature <= 0:
             raise ValueError("msn: temperatures must be positive")
+        for key, value, allowed in (("momentum_schedule", self.momentum_schedule, EMA_SCHEDULES),
+                                    ("weight_decay_on", self.weight_decay_on, WEIGHT_DECAY_SCOPES),
+                                    ("masking", self.masking, MASKING_RULES)):
+            if value not in allowed:
+                raise ValueError(f"msn: {key} must be one of {list(allowed)}, got {value!r}")
+        if not self.momentum <= self.momentum_final <= 1:
+            raise ValueError(f"msn: need momentum <= momentum_final <= 1, got {self.momentum} / {self.momentum_final}")
 
     def with_ehr(self) -> bool:
         return False
@@ -146,9 +170,15 @@ def config_dict(config: MSNConfig) -> dict[str, Any]:
     return out
 
 
+# smoke and small: trained prototypes (the released code's frozen ones cannot move towards the data, and the
+# small profile was chosen with them trained) and per-image masking over all patches; EMA constant and weight
+# decay on every parameter, as the released code.
+HARNESS_RECIPE: dict[str, Any] = {"train_prototypes": True, "masking": "per-image"}
+
+
 def _profiles(cls: type[MSNConfig], **extra: Any) -> dict[str, dict[str, Any]]:
     smoke = cls(patch_size=8, image_size=32, focal_size=16, num_focal_views=2, num_prototypes=16, batch_size=8,
-                steps=3, checkpoint_every=0, log_every=1, lr=1e-3, seed=0, **extra)
+                steps=3, checkpoint_every=0, log_every=1, lr=1e-3, seed=0, **HARNESS_RECIPE, **extra)
     # small: ViT-Tiny (12 layers, 192-d, 6 heads) with patch 8 at 64 px (8x8 patches; focal views 32 px, 4x4),
     # 4 focal views, 64 prototypes (not 1,024 for ~600-800 images and batch 32), 150 steps of 32 (6-8 epochs),
     # a faster EMA (0.99: 0.996 would lag the anchor by ~250 steps, longer than the run), lr 1e-3 after a
@@ -158,8 +188,9 @@ def _profiles(cls: type[MSNConfig], **extra: Any) -> dict[str, dict[str, Any]]:
     # ~20 steps. Still 15 % masking, anchor T 0.1, Sinkhorn 3, ME-MAX 1.
     small = cls(patch_size=8, image_size=64, focal_size=32, num_focal_views=4, num_prototypes=64, batch_size=32,
                 steps=150, warmup_steps=10, momentum=0.99, lr=1e-3, sharpen_temperature=0.1, checkpoint_every=50,
-                seed=0, **extra)
-    paper = cls(backbone="vit_small", **extra)  # the paper reports ViT-Tiny and ViT-Small
+                seed=0, **HARNESS_RECIPE, **extra)
+    # the authors' code throughout (frozen prototypes included); the paper reports ViT-Tiny and ViT-Small
+    paper = cls(backbone="vit_small", **extra)
     return {name: config_dict(c) for name, c in (("smoke", smoke), ("small", small), ("paper", paper))}
 
 

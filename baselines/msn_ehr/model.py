@@ -10,6 +10,10 @@ learning", Sci Rep 2024 (arXiv 2407.04449; code github.com/nyuad-cai/CXR-EHR-MSN
     anchor views --mask 15 % patches--> anchor ViT --> CLS --[fuse EHR]--> anchor head --> anchor z (V*B, D)
     loss(anchor z, target z, prototypes)      (losses.MSNLoss: Sinkhorn on targets, ME-MAX on anchors)
 
+Without EHR the anchor head runs once per view size (its BatchNorm sees the random anchors, then
+the focal anchors, as in both references); with EHR once over all anchor views, as the authors'
+EHR model does.
+
 EHR fusion (anchor branch ONLY; the target and evaluation never see EHR)::
 
     e = Linear(ehr_in -> 128)(EHR)                   no activation, repeated for every anchor view
@@ -29,6 +33,7 @@ import torch
 from torch import nn
 
 from baselines.common.backbones import VitBackbone
+from baselines.common.ema import ema_update
 
 _TIMM_NAMES = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224"}
 
@@ -43,11 +48,15 @@ def build_vit(name: str, *, patch_size: int, num_heads: int, image_size: int, in
     return VitBackbone(name, vit, in_chans)
 
 
+MASKING_RULES = ("cxr-ehr-msn", "msn", "per-image")
+
+
 def random_token_keep(batch: int, num_patches: int, mask_ratio: float, generator: torch.Generator | None
                       ) -> torch.Tensor:
     """``(B, num_keep)`` indices of the patch tokens an anchor keeps; ``num_keep = floor(N * (1 - ratio))``.
 
-    The rest are DROPPED, not replaced by a mask token (lightly ``random_token_mask``): 196 patches at
+    The ``per-image`` rule: each image its own uniform draw over all N patches. The rest are
+    DROPPED, not replaced by a mask token (as lightly's ``random_token_mask``): 196 patches at
     224 px keep 166 (30 masked), 36 at 96 px keep 30. At least one patch is kept.
     """
     num_keep = max(1, int(num_patches * (1.0 - mask_ratio)))
@@ -55,28 +64,78 @@ def random_token_keep(batch: int, num_patches: int, mask_ratio: float, generator
     return noise.argsort(dim=1)[:, :num_keep]  # (B, num_keep)
 
 
+def kept_tokens(batch: int, num_patches: int, mask_ratio: float, masking: str,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """``(B, 1 + n)`` indices into the token sequence ``[CLS, patch 0, ..., patch N-1]`` an anchor keeps.
+
+    Three rules (``MSNConfig.masking``), each named after the code it follows:
+
+    - ``per-image``: the CLS and ``floor(N * (1 - r))`` patches, drawn per image uniformly over all N
+      (``random_token_keep``; a harness choice: lightly's rule without its off-by-one below);
+    - ``cxr-ehr-msn``: the released code's call of lightly 1.4.21 ``random_token_mask`` with
+      ``size=(B, N)``: noise over N positions of which position 0 (the CLS) is forced first, and
+      ``int(N * (1 - r))`` tokens kept COUNTING the CLS, so one patch fewer is kept and the last
+      patch (index N in the sequence) is never kept;
+    - ``msn``: facebookresearch/msn ``src/deit.py``: one permutation of the N patches for the whole
+      batch, the CLS and its first ``floor(N * (1 - r))`` patches.
+
+    Args:
+        batch: B.
+        num_patches: N.
+        mask_ratio: r, the fraction dropped.
+        masking: the rule.
+        generator: CPU generator (the step's own RNG).
+
+    Returns:
+        Long indices, the CLS (0) first.
+
+    Raises:
+        ValueError: an unknown rule.
+    """
+    if masking == "per-image":
+        keep = random_token_keep(batch, num_patches, mask_ratio, generator)  # (B, n) patch indices
+        return torch.cat([torch.zeros(batch, 1, dtype=keep.dtype), 1 + keep], dim=1)
+    if masking == "cxr-ehr-msn":
+        num_keep = max(1, int(num_patches * (1 - mask_ratio)))  # counts the CLS
+        noise = torch.rand(batch, num_patches, generator=generator)
+        noise[:, 0] = -1  # the CLS is never masked; the sequence's last patch is outside the draw
+        return noise.argsort(dim=1)[:, :num_keep]  # (B, num_keep), 0 first
+    if masking == "msn":
+        num_keep = int(num_patches * (1.0 - mask_ratio))
+        perm = 1 + torch.randperm(num_patches, generator=generator)[:num_keep]  # one draw for the batch
+        return torch.cat([torch.zeros(1, dtype=perm.dtype), perm]).expand(batch, -1)
+    raise ValueError(f"msn: masking must be one of {MASKING_RULES}, got {masking!r}")
+
+
 def masked_cls(backbone: VitBackbone, images: torch.Tensor, mask_ratio: float,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """The ViT's CLS embedding with a random ``mask_ratio`` of patch tokens dropped: ``(B, C, H, W) -> (B, D)``."""
+               generator: torch.Generator | None = None, masking: str = "per-image") -> torch.Tensor:
+    """The ViT's CLS embedding with a ``mask_ratio`` of patch tokens dropped: ``(B, C, H, W) -> (B, D)``.
+
+    Which tokens stay is ``kept_tokens(..., masking)``; position embeddings are added before dropping.
+    """
     vit = backbone.vit
-    x = vit._pos_embed(vit.patch_embed(images))  # (B, prefix + N, D): position embeddings added before dropping
-    prefix = vit.num_prefix_tokens
+    x = vit._pos_embed(vit.patch_embed(images))  # (B, prefix + N, D)
     if mask_ratio > 0:
-        batch, num_patches, width = x.shape[0], x.shape[1] - prefix, x.shape[2]
-        keep = random_token_keep(batch, num_patches, mask_ratio, generator).to(x.device)  # (B, n_keep)
-        patches = torch.gather(x[:, prefix:], 1, keep.unsqueeze(-1).expand(-1, -1, width))  # (B, n_keep, D)
-        x = torch.cat([x[:, :prefix], patches], dim=1)  # (B, prefix + n_keep, D)
-    x = vit.norm(vit.blocks(vit.norm_pre(x)))  # (B, prefix + n_keep, D)
+        if vit.num_prefix_tokens != 1:
+            raise ValueError(f"msn: masking needs a ViT with one CLS token, not {vit.num_prefix_tokens} prefix tokens")
+        batch, num_patches, width = x.shape[0], x.shape[1] - 1, x.shape[2]
+        keep = kept_tokens(batch, num_patches, mask_ratio, masking, generator).to(x.device)  # (B, 1 + n)
+        x = torch.gather(x, 1, keep.unsqueeze(-1).expand(-1, -1, width))  # (B, 1 + n, D)
+    x = vit.norm(vit.blocks(vit.norm_pre(x)))  # (B, 1 + n, D)
     return vit.forward_head(x, pre_logits=True)  # (B, D): the CLS token
 
 
 class MSNProjectionHead(nn.Sequential):
-    """Linear-BN-GELU-Linear-BN-GELU-Linear (lightly ``MSNProjectionHead(D, 4D, D)`` in the authors' code)."""
+    """Linear-BN-GELU-Linear-BN-GELU-Linear (lightly ``MSNProjectionHead(D, 4D, D)`` in the authors' code).
+
+    As lightly 1.4.21's ``ProjectionHead``, a Linear followed by a BatchNorm has no bias (the
+    BatchNorm would subtract it again); MSN's ``init_model`` keeps one there.
+    """
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
         super().__init__(
-            nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.GELU(),
+            nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim), nn.GELU(),
             nn.Linear(hidden_dim, out_dim),
         )
 
@@ -102,18 +161,24 @@ class MSN(nn.Module):
     Args:
         backbone: zero-argument factory for the ViT (called once; the target is a copy).
         num_prototypes: K (1,024 in the paper).
-        mask_ratio: fraction of patch tokens dropped from every anchor view (0.15).
-        momentum: EMA momentum m of the target: theta_t <- m * theta_t + (1 - m) * theta_a (0.996).
+        mask_ratio: fraction of patch tokens dropped from the anchor views (0.15).
+        momentum: EMA momentum m of the target: theta_t <- m * theta_t + (1 - m) * theta_a (0.996); the
+            default of ``momentum_update_target`` (a schedule passes its own value per step).
         ehr_in: width of the EHR vector; 0 builds vanilla MSN (no fusion layers).
         ehr_embed_dim: width the EHR is projected to before fusion (128).
         train_prototypes: False reproduces the released code, whose prototypes never receive a gradient.
+        masking: which tokens an anchor keeps (``kept_tokens``); under ``msn`` only the first (random,
+            full-size) anchor view is masked and the focal views are not, as MSN's ``deit.py`` resets
+            ``patch_drop`` after the first size group; the other rules mask every anchor view.
     """
 
     def __init__(self, backbone: Callable[[], VitBackbone], num_prototypes: int = 1024, mask_ratio: float = 0.15,
                  momentum: float = 0.996, ehr_in: int = 0, ehr_embed_dim: int = 128,
-                 train_prototypes: bool = True) -> None:
+                 train_prototypes: bool = True, masking: str = "per-image") -> None:
         super().__init__()
-        self.mask_ratio, self.momentum = mask_ratio, momentum
+        if masking not in MASKING_RULES:
+            raise ValueError(f"msn: masking must be one of {MASKING_RULES}, got {masking!r}")
+        self.mask_ratio, self.momentum, self.masking = mask_ratio, momentum, masking
         self.anchor_backbone = backbone()
         dim = self.anchor_backbone.num_features
         self.anchor_projection_head = MSNProjectionHead(dim, 4 * dim, dim)
@@ -135,11 +200,14 @@ class MSN(nn.Module):
     def anchor_parameters(self) -> list[nn.Parameter]:
         return [*self.anchor_backbone.parameters(), *self.anchor_projection_head.parameters()]
 
-    @torch.no_grad()
-    def momentum_update_target(self) -> None:
-        """EMA of the anchor branch into the target branch (after every optimiser step)."""
-        for param_a, param_t in zip(self.anchor_parameters(), self.target_parameters(), strict=True):
-            param_t.mul_(self.momentum).add_(param_a.detach(), alpha=1.0 - self.momentum)
+    def momentum_update_target(self, momentum: float | None = None) -> None:
+        """EMA of the anchor branch into the target branch (after every optimiser step, as in MSN).
+
+        Args:
+            momentum: this step's m (``baselines.common.ema.ema_momentum``); None: ``self.momentum``.
+        """
+        ema_update(self.target_parameters(), self.anchor_parameters(),
+                   self.momentum if momentum is None else momentum)
 
     @torch.no_grad()
     def encode_target(self, target_view: torch.Tensor) -> torch.Tensor:
@@ -148,16 +216,24 @@ class MSN(nn.Module):
 
     def encode_anchors(self, anchor_views: list[torch.Tensor], ehr: torch.Tensor | None = None,
                        generator: torch.Generator | None = None) -> torch.Tensor:
-        """Masked anchor views (views of one size are batched together) -> ``(V*B, D)`` view-major."""
+        """Masked anchor views (views of one size are batched together) -> ``(V*B, D)`` view-major.
+
+        Vanilla MSN projects each size group on its own, so the head's BatchNorm statistics are per
+        group (the random anchors, then the focal ones), as both references do: MSN's ``deit.py``
+        applies ``fc`` inside its per-size loop, and the MSN+EHR authors' vanilla MSN
+        (``baselinemodels.MSN.encode_masked``) projects inside ``encode_masked``. With EHR the CLS
+        tokens of all anchor views are fused and projected together, as ``cxrehrmsn.py`` does.
+        """
+        if self.ehr_fusion is not None and ehr is None:
+            raise ValueError("MSN+EHR: the anchor branch needs the images' EHR vectors")
         cls = []
-        for size in dict.fromkeys(v.shape[-1] for v in anchor_views):  # the random view, then the focal views
+        for group, size in enumerate(dict.fromkeys(v.shape[-1] for v in anchor_views)):  # random, then focal
             same = [v for v in anchor_views if v.shape[-1] == size]
-            cls.append(masked_cls(self.anchor_backbone, torch.cat(same), self.mask_ratio, generator))
-        z = torch.cat(cls)  # (V*B, D); order: views by size group, each group in its given order
-        if self.ehr_fusion is not None:
-            if ehr is None:
-                raise ValueError("MSN+EHR: the anchor branch needs the images' EHR vectors")
-            z = self.ehr_fusion(z, ehr)  # (V*B, D)
+            ratio = 0.0 if self.masking == "msn" and group > 0 else self.mask_ratio  # MSN: focal views unmasked
+            cls.append(masked_cls(self.anchor_backbone, torch.cat(same), ratio, generator, self.masking))
+        if self.ehr_fusion is None:
+            return torch.cat([self.anchor_projection_head(c) for c in cls])  # (V*B, D), views by size group
+        z = self.ehr_fusion(torch.cat(cls), ehr)  # (V*B, D); order: views by size group, each in its given order
         return self.anchor_projection_head(z)  # (V*B, D)
 
     def forward(self, views: list[torch.Tensor], ehr: torch.Tensor | None = None,

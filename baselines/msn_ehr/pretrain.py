@@ -25,8 +25,10 @@ import torch
 
 from baselines.common import distributed
 from baselines.common.data import AugmentConfig, ViewBatches
+from baselines.common.ema import ema_momentum
 from baselines.common.encoder import imagenet_preprocess
 from baselines.common.method import data_meta
+from baselines.common.optim import weight_decay_groups
 from baselines.common.sampling import StepSampler
 from baselines.common.seeding import seed_all
 from baselines.common.train import StepContext, TrainConfig, Trainer, warmup_cosine
@@ -122,7 +124,37 @@ def build_model(cfg: MSNConfig, ehr_in: int) -> MSN:
                                  image_size=cfg.image_size),
                num_prototypes=cfg.num_prototypes, mask_ratio=cfg.mask_ratio, momentum=cfg.momentum,
                ehr_in=ehr_in, ehr_embed_dim=cfg.ehr.embed_dim if isinstance(cfg, MSNEHRConfig) else 128,
-               train_prototypes=cfg.train_prototypes)
+               train_prototypes=cfg.train_prototypes, masking=cfg.masking)
+
+
+def build_optimizer(model: MSN, cfg: MSNConfig) -> torch.optim.AdamW:
+    """AdamW over the trained parameters, decayed as ``cfg.weight_decay_on`` says.
+
+    Args:
+        model: the MSN model (frozen parameters, the target branch and frozen prototypes, are left out).
+        cfg: lr, weight decay and its scope (``all``: the released code; ``weights``: MSN's ``init_opt``,
+            which never decays the prototypes).
+
+    Returns:
+        The optimiser, one parameter group per decay value.
+    """
+    groups = weight_decay_groups(model.named_parameters(), cfg.weight_decay, cfg.weight_decay_on,
+                                 exclude=[model.prototypes])
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def target_momentum(cfg: MSNConfig, step: int, total_steps: int) -> float:
+    """The EMA momentum of the target update after optimiser step ``step``.
+
+    Args:
+        cfg: ``momentum``, ``momentum_schedule`` and ``momentum_final``.
+        step: the step just taken (0-based).
+        total_steps: the run's length.
+
+    Returns:
+        ``m`` for ``MSN.momentum_update_target`` (``baselines.common.ema.ema_momentum``).
+    """
+    return ema_momentum(step, total_steps, cfg.momentum, cfg.momentum_schedule, cfg.momentum_final)
 
 
 def pretrain(request: PretrainRequest, cfg: MSNConfig, card: dict[str, Any]) -> Path:
@@ -139,8 +171,7 @@ def pretrain(request: PretrainRequest, cfg: MSNConfig, card: dict[str, Any]) -> 
 
     seed_all(request.seed)  # the initialisation (ViT, heads, prototypes, fusion) is a function of the seed
     model = build_model(cfg, ehr.shape[1] if ehr is not None else 0)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model, cfg)
     scheduler = warmup_cosine(optimizer, steps, cfg.warmup_steps)  # cosine to 0 (the code: per epoch)
     loss_fn = MSNLoss(cfg.temperature, cfg.sharpen_temperature, cfg.sinkhorn_iterations, cfg.me_max_weight)
 
@@ -157,4 +188,5 @@ def pretrain(request: PretrainRequest, cfg: MSNConfig, card: dict[str, Any]) -> 
         return loss_fn(anchors, targets, prototypes)
 
     return trainer.fit(step, MSNBatches(views, ehr), sampler=sampler,
-                       after_step=lambda model, ctx: model.momentum_update_target())
+                       after_step=lambda model, ctx: model.momentum_update_target(
+                           target_momentum(cfg, ctx.step, ctx.total_steps)))

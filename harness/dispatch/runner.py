@@ -83,8 +83,11 @@ def method_config(method: Any, profile: str, overrides: list[str]) -> dict[str, 
     if profile not in method.profiles:
         raise RunError(f"method {method.card.name!r} has no profile {profile!r}; it has {sorted(method.profiles)}")
     try:
-        return merge(method.profiles[profile], parse_overrides(overrides), where=f"{method.card.name} config")
-    except (KeyError, ValueError) as exc:
+        config = merge(method.profiles[profile], parse_overrides(overrides), where=f"{method.card.name} config")
+        if callable(getattr(method, "config", None)):  # a value the method's config refuses, before any work
+            method.config(config)
+        return config
+    except (KeyError, ValueError, TypeError) as exc:
         raise RunError(str(exc.args[0]) if exc.args else str(exc)) from None
 
 
