@@ -239,7 +239,7 @@ def run(ctx: EvalContext) -> ProtocolResult:
         flat = flat_maps(grid_maps).numpy()
         n_flat += int(flat.sum())
         noise = torch.rand(len(chunk), 1, *grid, generator=rng)
-        for out, g, f in ((model, grid_maps, flat), (random, noise, None)):
+        for out, g, f in ((model, grid_maps, flat), (random, noise, flat_maps(noise).numpy())):
             hits, ious = score_maps(upsample_normalise(g, size).numpy(), masks, args["threshold"], f)
             out[0].append(hits)
             out[1].append(ious)
