@@ -197,8 +197,9 @@ def report(ctx: EvalContext, y_val: np.ndarray, s_val: np.ndarray, s_test: np.nd
     at all (NaN, rendered "n/m") and a CI over too few patients.
     """
     test = ctx.data.test
+    # the kept anonymous patient index (classification_predictions): the CI is reproducible from the kept arrays
     scores = metrics.score_classification(
-        ctx.task.metrics, (y_val, s_val), (test.targets, s_test), test.frame["patient_id"].to_numpy(),
+        ctx.task.metrics, (y_val, s_val), (test.targets, s_test), metrics.patient_index(test.frame["patient_id"]),
         ci_metrics=(ctx.task.main_metric,) if n_boot > 0 else (), n_boot=n_boot, seed=ctx.seed)
     names = ctx.data.label_names
     d = scores.details

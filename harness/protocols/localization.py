@@ -247,9 +247,10 @@ def run(ctx: EvalContext) -> ProtocolResult:
     random_hits, random_ious = (np.concatenate(x) for x in random)
     per_label = {label: _summary(hits[idx], ious[idx]) for label, idx in cases.groupby("label").indices.items()}
     patients = ctx.data.test.frame["patient_id"].astype(str).to_numpy()[cases["row"].to_numpy()]
+    kept = metrics.unit_predictions(patients, {"pointing_game": hits, "iou": ious})
     ci, not_measurable = {}, {}
     for name, values, fn in (("pointing_game", hits, np.mean), ("iou", ious, np.nanmean)):
-        boot = metrics.bootstrap_ci(fn, values, groups=patients, n=args["n_bootstrap"], seed=ctx.seed)
+        boot = metrics.bootstrap_ci(fn, values, groups=kept["groups"], n=args["n_bootstrap"], seed=ctx.seed)
         if boot.reason:
             not_measurable[f"ci of {name}"] = boot.reason
         else:
@@ -263,6 +264,5 @@ def run(ctx: EvalContext) -> ProtocolResult:
                "bootstrap": {"n": args["n_bootstrap"], "seed": ctx.seed, "unit": "patient"}}
     if not_measurable:
         details["not_measurable"] = not_measurable
-    kept = metrics.unit_predictions(patients, {"pointing_game": hits, "iou": ious})
     return ProtocolResult(metrics=_summary(hits, ious), ci=ci, details=details,
                           predictions={"pointing_hits": hits.astype(np.uint8), "iou": ious, **kept})

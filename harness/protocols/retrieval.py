@@ -526,8 +526,8 @@ def _recall_cis(i2t: np.ndarray, t2i: np.ndarray, groups: tuple[np.ndarray, np.n
         for k in ks:
             if k_reason(k, candidates):
                 continue
-            ci = metrics.bootstrap_ci(functools.partial(metrics.recall_at_k, k=k), ranks, groups=patients,
-                                      n=n_bootstrap, seed=seed)
+            ci = metrics.bootstrap_ci(functools.partial(metrics.recall_at_k, k=k), ranks,
+                                      groups=metrics.patient_index(patients), n=n_bootstrap, seed=seed)
             if not ci.reason:
                 out[f"{name}_r{k}"] = (ci.lo, ci.hi)
     return out
