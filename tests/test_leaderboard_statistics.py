@@ -259,3 +259,14 @@ def test_render_all_pairs_rows_from_the_results_dir(tmp_path):
     [path], problems = render_all(results, tmp_path / "lb", pictures=False)
     cmp = _paired(kept, "close", "random")
     assert problems == [] and f"{cmp.delta:+.4f} [{cmp.lo:+.4f}, {cmp.hi:+.4f}] (2 seeds)" in path.read_text()
+
+
+def test_the_fast_resampled_auroc_equals_materialised_resamples_with_ties_and_ignored_targets():
+    rng = np.random.default_rng(5)
+    y = (rng.random((300, 4)) < 0.3).astype(float)
+    y[::7, 0] = np.nan  # the label policy's "ignore"
+    s = np.round(rng.random((300, 4)), 1)  # heavy ties: every score shared by about 30 rows
+    groups = metrics.patient_index(np.repeat(np.arange(100), 3))
+    fast = metrics.bootstrap_values(metrics.auroc_macro, y, s, groups=groups, n=100, seed=4)
+    slow = metrics.bootstrap_values(lambda a, b: metrics.auroc_macro(a, b), y, s, groups=groups, n=100, seed=4)
+    np.testing.assert_allclose(fast, slow, atol=1e-12)

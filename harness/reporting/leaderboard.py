@@ -196,9 +196,9 @@ def _tables(recs: list[dict[str, Any]], metrics: list[str], latest: int, heading
                  for row, runs in by_row.items() for m in metrics if any(m in r["metrics"] for r in runs)}
         main_cells = {row: cells[(row, main)] for row in by_row if (row, main) in cells}
         rows = _order(list(by_row), main_cells, labelled, main)
-        measured = [row for row in rows if row not in labelled and not math.isnan(main_cells.get(row, Cell(
-            math.nan, None, None, "n/m", 0, 0)).mean)]
-        best = measured[0] if measured else None
+        measured = [row for row in rows if row not in labelled and row in main_cells
+                    and not math.isnan(main_cells[row].mean)]
+        best = measured[0] if measured else None  # rows are in order: the first measured one is the best
         pairing = Pairing(results_dir, main, by_row)
         details = [r.get("details") or {} for runs in by_row.values() for r in runs]
         regen = any("floor" in d and "mode" in d for d in details)
