@@ -270,3 +270,14 @@ def test_the_fast_resampled_auroc_equals_materialised_resamples_with_ties_and_ig
     fast = metrics.bootstrap_values(metrics.auroc_macro, y, s, groups=groups, n=100, seed=4)
     slow = metrics.bootstrap_values(lambda a, b: metrics.auroc_macro(a, b), y, s, groups=groups, n=100, seed=4)
     np.testing.assert_allclose(fast, slow, atol=1e-12)
+
+
+def test_compare_adds_the_paired_bootstrap_over_test_patients(tmp_path, capsys):
+    results = tmp_path / "results"
+    kept = _rows(results, with_old=False)
+    assert main(["compare", "--results", str(results), "--task", "mimic-cls", "good", "random"]) == 0
+    out = capsys.readouterr().out
+    cmp = _paired(kept, "good", "random")
+    [line] = [line for line in out.splitlines() if line.startswith("| 1 | 2 |")]
+    assert line.endswith(f"| 2/2 | {cmp.delta:+.4f} [{cmp.lo:+.4f}, {cmp.hi:+.4f}] |")
+    assert "paired bootstrap over test patients |" in out

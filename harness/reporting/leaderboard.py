@@ -192,7 +192,8 @@ def _tables(recs: list[dict[str, Any]], metrics: list[str], latest: int, heading
             continue
         flags = {row: next((f for f in map(leakage, runs) if f), "") for row, runs in by_row.items()}
         labelled = {row for row, runs in by_row.items() if any(map(uses_labels, runs))}
-        cells = {(row, m): cell_of([r["metrics"].get(m, math.nan) for r in runs], [r["ci"].get(m) for r in runs])
+        cells = {(row, m): cell_of([r["metrics"].get(m, math.nan) for r in runs],
+                                   [(r.get("ci") or {}).get(m) for r in runs])
                  for row, runs in by_row.items() for m in metrics if any(m in r["metrics"] for r in runs)}
         main_cells = {row: cells[(row, main)] for row in by_row if (row, main) in cells}
         rows = _order(list(by_row), main_cells, labelled, main)
