@@ -54,6 +54,7 @@ class OneRegion(JointEncoder):
     def __init__(self) -> None:
         super().__init__()
         self.region_grid = (1, 1)
+        self.register_buffer("variant", torch.ones(1))  # its own weights hash: never JointEncoder's cached features
 
     def encode_image_regions(self, images: torch.Tensor) -> torch.Tensor:
         return super().encode_image_regions(images).sum(1, keepdim=True)
@@ -90,6 +91,10 @@ def test_5x200_ties_are_pessimistic_whatever_the_gallery_order():
 
 def test_5x200_run_with_a_constant_encoder_scores_zero(tmp_path):
     class Constant(JointEncoder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("variant", torch.zeros(1))  # its own weights hash (the feature cache's key)
+
         def encode_image(self, images):
             return torch.ones(len(images), self.num_features)
 
