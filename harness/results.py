@@ -15,6 +15,14 @@ it to never mix them. Older records (before ``world`` was stored) are still read
 data fingerprint is their dataset fingerprint's first characters, so they never pass for
 a record of a known world.
 
+Every record also says how it was made: ``argv`` is the exact command line that asked for the
+run (``python -m harness run ...``, a ``sweep`` or ``submit``; None from the Python API), next
+to ``harness_version`` and ``task_version``. Next to every record lies its predictions file
+(``<record>.predictions.npz``, named by ``predictions_file``): always the arrays the paired
+bootstrap of the main metric needs (``harness.metrics.paired``: an anonymous patient index,
+scores and targets or per-unit values; never text, never an identifier), and with
+``--save-predictions`` everything the protocol returned (embeddings, example images).
+
 Written atomically (temp file in the same directory, fsync, rename), so a killed
 run leaves no partial record and concurrent runs never interleave bytes. The
 leaderboard and ``regress`` read only these files.
@@ -56,6 +64,7 @@ class RunInfo:
     started_at: str
     wall_time_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    argv: list[str] | None = None  # the command line that asked for the run (None: the Python API)
 
 
 @dataclass
@@ -95,6 +104,7 @@ class ResultRecord:
     weights_sha256: str
     dataset_fingerprint: str  # with world: the data's identity, part of the file name (data_fingerprint)
     world: dict[str, Any] | str
+    argv: list[str] | None  # the exact command that made it (RunInfo.argv); None: the Python API
 
     @classmethod
     def of_run(cls, ctx: Any, result: Any, run: RunInfo) -> ResultRecord:
@@ -122,6 +132,7 @@ class ResultRecord:
             device=ctx.device, determinism=determinism(ctx.device), started_at=run.started_at,
             wall_time_s=run.wall_time_s, timings=run.timings, split_sha256=data.split_sha256,
             weights_sha256=ctx.weights_sha256, dataset_fingerprint=data.dataset_fingerprint, world=run.world,
+            argv=list(run.argv) if run.argv is not None else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -249,6 +260,28 @@ def write_record(results_dir: str | Path, rec: ResultRecord | dict[str, Any],
             npz.unlink(missing_ok=True)
         raise
     return path
+
+
+def load_predictions(results_dir: str | Path, rec: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """The arrays of a record's predictions file (next to it under ``results_dir``), or None.
+
+    Args:
+        results_dir: the results directory the record was loaded from.
+        rec: the record (its ``predictions_file`` names the file).
+
+    Returns:
+        name -> array (loaded without pickle), or None when the record names no file, the file is
+        missing, or it cannot be read.
+    """
+    name = rec.get("predictions_file")
+    if not name:
+        return None
+    path = record_path(Path(results_dir), rec).parent / name
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError):
+        return None
 
 
 def load_records(results_dir: str | Path) -> tuple[list[dict[str, Any]], list[str]]:

@@ -35,7 +35,8 @@ def test_run_mock_writes_record_and_leaderboard(tmp_path, capsys):
 
     assert main(["leaderboard", "--results", str(results), "--out", str(tmp_path / "lb")]) == 0
     table = (tmp_path / "lb" / "synthetic" / "mock.md").read_text()
-    assert "| random |" in table and "(n=2)" in table and "data: synthetic" in table
+    # two identical runs (fraction 1, a deterministic probe): one measurement, its bootstrap CI, not "± 0.0000"
+    assert "| random |" in table and "(bootstrap, 2 identical runs)" in table and "data: synthetic" in table
 
 
 @pytest.mark.parametrize("args, message", [

@@ -124,9 +124,11 @@ def test_runs_on_different_data_get_separate_labelled_tables(tmp_path):
     head_old = f"## data `{old}`: synthetic world harness.synth v1, seed 0, scale 1, calibration spec"
     assert text.index(head_new) < text.index(head_old)  # the most recent data first
     newer, older = text[text.index(head_new):text.index(head_old)], text[text.index(head_old):]
-    assert "| moco | 0.5200 ± 0.0141 (n=2) |" in newer and "| moco | 0.9100 ± 0.0141 (n=2) |" in newer
-    assert "| moco | 0.7200 ± 0.0141 (n=2) |" in older and "| random | 0.6100 ± 0.0141 (n=2) |" in older
-    assert "random" not in newer and "(n=4)" not in text  # no row joins the two data
+    assert "| moco | 0.5200 [0.3929, 0.6471] (t, 2 seeds) |" in newer  # t(0.975, 1 df) x 0.0141 / sqrt 2
+    assert "| moco | 0.9100 [0.7829, 1.0371] (t, 2 seeds) |" in newer
+    assert "| moco | 0.7200 [0.5929, 0.8471] (t, 2 seeds) |" in older
+    assert "| random | 0.6100 [0.4829, 0.7371] (t, 2 seeds) |" in older
+    assert "| random" not in newer and "4 seeds" not in text  # no row joins the two data
     assert "### label fraction 0.1" in newer and "### label fraction 1" in older
     # one label-efficiency curve per data, never one over both
     assert sorted(p.name for p in path.parent.glob("*.png")) == [f"mimic-cls__data-{fp}-label-efficiency.png"

@@ -92,8 +92,9 @@ def test_retrieval_metrics():
     assert M.recall_at_k(ranks, 1) == pytest.approx(1 / 3)
     assert M.median_rank(ranks) == 2
     relevance = M.relevance_in_rank_order(sim, np.array([[0, 0, 1], [1, 0, 0], [1, 0, 0]]))
-    assert relevance.tolist() == [[False, True, False], [True, False, False], [False, False, True]]
-    assert M.hit_at_k(relevance, 1) == pytest.approx(1 / 3)
+    # row 1 ties its relevant item with an irrelevant one: pessimistic, the irrelevant one first
+    assert relevance.tolist() == [[False, True, False], [False, True, False], [False, False, True]]
+    assert M.hit_at_k(relevance, 1) == 0.0
     assert M.hit_at_k(relevance, 2) == pytest.approx(2 / 3)
     assert M.precision_at_k(relevance, 2) == pytest.approx((0.5 + 0.5 + 0) / 3)
     assert M.METRICS["recall_at_5"](np.array([1, 6])) == 0.5

@@ -59,14 +59,16 @@ def test_block_variant_known_answers():
     full = retrieval.recall_metrics(*retrieval.pair_ranks(same, same, np.arange(7)), [1, 5, 10])
     blocks, info = retrieval.block_metrics(same, same, block=3, ks=[1, 5, 10], seed=0)
     assert info == {"blocks": 2, "block_size": 3, "pairs_outside_blocks": 1}
-    # in a block of 3 every rank is 3: R@1 = 0, R@5 = 1; over all 7 the rank is 7: R@5 = 0
-    assert blocks["i2t_r1"] == 0 and blocks["i2t_r5"] == 1 and blocks["t2i_median_rank"] == 3
-    assert full["i2t_r5"] == 0 and full["i2t_r10"] == 1 and full["i2t_median_rank"] == 7
+    # in a block of 3 every rank is 3: R@1 = 0; R@5 over 3 candidates is 1 for ANY encoder: not measurable
+    assert blocks["i2t_r1"] == 0 and np.isnan(blocks["i2t_r5"]) and blocks["t2i_median_rank"] == 3
+    assert np.isnan(blocks["r_mean"])  # it averages R@5 and R@10
+    # over all 7 the rank is 7: R@5 = 0; R@10 over 7 candidates is not measurable
+    assert full["i2t_r5"] == 0 and np.isnan(full["i2t_r10"]) and full["i2t_median_rank"] == 7
     eye = torch.eye(8)  # perfect pairs: perfect in any block
     perfect, info = retrieval.block_metrics(eye, eye, block=4, ks=[1], seed=3)
     assert perfect["i2t_r1"] == perfect["t2i_r1"] == 1.0 and info["blocks"] == 2
-    small, info = retrieval.block_metrics(eye, eye, block=1000, ks=[1], seed=0)
-    assert info == {"blocks": 1, "block_size": 8, "pairs_outside_blocks": 0}
+    with pytest.raises(ProtocolError, match=r"block 1000 needs at least 1000 test pairs; the test gallery has 8"):
+        retrieval.block_metrics(eye, eye, block=1000, ks=[1], seed=0)  # R-1k over 8 pairs is not R-1k
 
 
 def test_5x200_sampling_and_known_answers():
@@ -120,7 +122,9 @@ def test_run_matches_brute_force_and_reports(tmp_path):
     assert len(image) > len(text)  # laterals are gallery items too
     lo, hi = result.ci["i2t_r10"]
     assert lo <= result.metrics["i2t_r10"] <= hi
-    assert set(result.predictions) == {"image_embeddings", "text_embeddings", "image_to_text_index"}
+    # with --save-predictions: the embeddings; always: the per-query arrays of the paired bootstrap
+    assert set(result.predictions) == {"image_embeddings", "text_embeddings", "image_to_text_index", "groups",
+                                       "strata", "values__r_mean"}
     assert all(isinstance(v, np.ndarray) and v.dtype.kind in "fiu" for v in result.predictions.values())
 
 
@@ -131,10 +135,12 @@ def test_run_variants_end_to_end(tmp_path):
     # this encoder only knows the class: an image's own report ties with its classmates', and
     # pessimistic ties put them all ahead of it
     assert full.metrics["i2t_r1"] == 0 < full.metrics["i2t_r10"]
-    blocked = retrieval.run(context(data, enc, tmp_path, args={"block": 4}))
-    assert blocked.details["blocks"] == full.details["n_images"] // 4
-    assert blocked.metrics["i2t_r5"] == 1.0  # in 4 items every rank is <= 4
+    blocked = retrieval.run(context(data, enc, tmp_path, args={"block": 12}))
+    assert blocked.details["blocks"] == full.details["n_images"] // 12
     assert blocked.metrics["i2t_median_rank"] < full.metrics["i2t_median_rank"]
+    # in blocks of 4 every rank is <= 4: R@5 and R@10, and so r_mean, say nothing: refused
+    with pytest.raises(ProtocolError, match=r"r_mean is not measurable: it averages \['i2t_r5', 'i2t_r10'"):
+        retrieval.run(context(data, enc, tmp_path, args={"block": 4}))
     data.task = toy_task(metrics=("i2t_prec1", "t2i_hit5"), main_metric="i2t_prec1")
     cls = retrieval.run(context(data, enc, tmp_path, args={"mode": "class-5x200", "per_class": 3,
                                                            "pool_splits": ["val", "test"]}))

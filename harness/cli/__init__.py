@@ -9,7 +9,8 @@ line and exit 2; only bugs show a traceback.
 ============  ===============================================================
 
 ``main`` (here) parses, sets up logging, runs the command's handler and turns an expected
-mistake into its one line.
+mistake into its one line. It also remembers the command line (``python -m harness ...``) while
+the handler runs: every run it asks for records it as ``argv`` (``harness.dispatch.runner.invocation``).
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         The exit code: the handler's (0 done, 1 a run failed or a check found problems), 2 for an
         expected mistake (one ``harness: error: ...`` line on stderr), 130 when interrupted.
     """
+    from harness.dispatch.runner import set_invocation
+
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
+    set_invocation(["python", "-m", "harness", *(sys.argv[1:] if argv is None else argv)])
     try:
         return HANDLERS[args.command](args)
     except KeyboardInterrupt:
@@ -53,3 +57,5 @@ def main(argv: list[str] | None = None) -> int:
             print(f"harness: error: {exc}", file=sys.stderr)
             return 2
         raise
+    finally:
+        set_invocation(None)  # a later Python-API run in this process was not asked for by this command

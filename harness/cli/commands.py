@@ -88,8 +88,10 @@ def _print_outcome(rec: dict, path: Path) -> None:
     main = rec["main_metric"]
     ci = rec["ci"].get(main)
     ci_txt = f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""
+    value = rec["metrics"][main]
+    shown = f"{value:.4f}" if value == value else "not measurable (the record's details say why)"  # NaN
     print(f"[{rec['data_source']}] {rec['method']} on {rec['task']} (fraction {rec['fraction']:g}, seed "
-          f"{rec['seed']}): {main} = {rec['metrics'][main]:.4f}{ci_txt}")
+          f"{rec['seed']}): {main} = {shown}{ci_txt}")
     for reason, count in rec.get("skipped", {}).items():
         print(f"  skipped {count}: {reason}")
     for reason, count in rec.get("warnings", {}).items():
@@ -98,13 +100,19 @@ def _print_outcome(rec: dict, path: Path) -> None:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    """``harness leaderboard``: render the leaderboards of ``--results``; 1 when there is no record."""
-    from harness.reporting.leaderboard import render_all
+    """``harness leaderboard``: the leaderboards of ``--results`` and the published tables; 1 without a record.
 
-    written, problems = render_all(args.results, args.out)
+    The published figures (``--published``, default ``leaderboards/published.yaml``) are rendered under
+    ``<out>/published/`` whether or not there are records; a file that does not validate is an error.
+    """
+    from harness.reporting.leaderboard import render_all
+    from harness.reporting.published import render_published
+
+    published = render_published(args.published, args.out) if args.published != "none" else []
+    written, problems = render_all(args.results, args.out, reference=args.reference)
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
-    for path in written:
+    for path in [*written, *published]:
         print(path)
     if not written:
         print(f"no result records under {args.results}", file=sys.stderr)

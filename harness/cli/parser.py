@@ -12,6 +12,9 @@ from harness import __version__
 from harness.bench.command import add_bench_arguments
 from harness.dispatch import executors, sweep
 from harness.dispatch.pretraining import add_pretrain_on_argument
+from harness.storage import REPOSITORY
+
+PUBLISHED_DEFAULT = REPOSITORY / "leaderboards" / "published.yaml"
 
 EPILOG = textwrap.dedent("""\
     examples:
@@ -46,7 +49,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     add_pretrain_on_argument(p)
     _add_common(p)
     p.add_argument("--save-predictions", action="store_true",
-                   help="write per-sample scores/targets (no text, no identifiers) next to the record")
+                   help="also write embeddings and example images next to the record (the per-sample arrays the "
+                        "paired bootstrap needs are always written; no text, no identifiers)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
 
@@ -92,12 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     """)
     p.add_argument("files", nargs="*", help="task YAML files (default: tasks/*.yaml)")
 
-    p = _sub(sub, "leaderboard", "render markdown leaderboards from result records", """
+    p = _sub(sub, "leaderboard", "render markdown leaderboards from result records, and the published figures", """
         python -m harness leaderboard
         python -m harness leaderboard --results results --out leaderboards
+        python -m harness leaderboard --reference imagenet     # paired differences against imagenet's row
+        python -m harness leaderboard --published none         # records only, no published tables
     """)
     p.add_argument("--results", default="results")
     p.add_argument("--out", default="leaderboards")
+    p.add_argument("--reference", default="random", metavar="ROW",
+                   help="the row every other row is compared with by a paired bootstrap (default: random; a row "
+                        "whose method uses the task's labels is never the reference)")
+    p.add_argument("--published", default=str(PUBLISHED_DEFAULT), metavar="FILE",
+                   help="published figures rendered under <out>/published/ (default: leaderboards/published.yaml; "
+                        "'none': skip)")
 
     p = _sub(sub, "export", "write result records and leaderboard tables as parquet that `datasets` loads", """
         python -m harness export --results results --out hf-results

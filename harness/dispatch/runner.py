@@ -38,6 +38,20 @@ class RunError(RuntimeError):
     """An expected failure (bad name, missing capability, missing data): shown without a traceback."""
 
 
+_INVOCATION: list[str] | None = None  # this process's harness command line (harness.cli.main sets it)
+
+
+def set_invocation(argv: list[str] | None) -> None:
+    """Remember the command line of the harness command this process runs (None: none, the Python API)."""
+    global _INVOCATION
+    _INVOCATION = list(argv) if argv is not None else None
+
+
+def invocation() -> list[str] | None:
+    """The command line ``set_invocation`` remembered: every ``RunRequest`` made meanwhile carries it."""
+    return list(_INVOCATION) if _INVOCATION is not None else None
+
+
 @dataclass
 class RunRequest:
     method: str
@@ -56,6 +70,8 @@ class RunRequest:
     submission: str | None = None
     # pretrain on this dataset's TRAINING split instead of the task's (--pretrain-on); None: the task's
     pretrain_on: str | None = None
+    # the command line that asked for this run (run, sweep or submit), travelling with the request to its job
+    argv: list[str] | None = field(default_factory=invocation)
 
 
 @dataclass
@@ -207,6 +223,7 @@ def execute(req: RunRequest) -> RunOutcome:
     """Run one (method, task, fraction, seed) and write its record. See the module docstring."""
     from harness.cohort import label_fraction
     from harness.features import extraction_seconds, weights_sha256
+    from harness.metrics.paired import kept
     from harness.protocols.base import EvalContext, evaluate
 
     started = datetime.now(UTC)
@@ -241,7 +258,8 @@ def execute(req: RunRequest) -> RunOutcome:
     run = results.RunInfo(method=req.method, card=p.method.card, config=p.config,
                           pretrain={"cache_key": key, "cache_hit": hit, "dataset": train.dataset}, world=p.world,
                           started_at=started.isoformat(timespec="seconds"), wall_time_s=time.perf_counter() - t0,
-                          timings=p.timings)
+                          timings=p.timings, argv=req.argv)
     rec = results.ResultRecord.of_run(ctx, result, run).to_dict()
-    path = results.write_record(req.results_dir, rec, result.predictions if req.save_predictions else None)
+    # always what the paired bootstrap of the main metric needs; everything with --save-predictions
+    path = results.write_record(req.results_dir, rec, kept(result.predictions, req.save_predictions))
     return RunOutcome(record=rec, path=path)

@@ -11,6 +11,7 @@ classification metrics, scikit-image for PSNR / SSIM).
 ``images``          PSNR, SSIM (and its map), SSIM over a masked region
 ``localization``    pointing game, mask IoU
 ``bootstrap``       patient-level bootstrap CIs and paired differences of two methods
+``paired``          what every run keeps so that its main metric can be recomputed on resamples
 ``names``           ``METRICS``: the names task files use -> functions; the families
 ``scoring``         ``score_classification``: the report every classification protocol gives
 ==================  ==========================================================================
@@ -35,7 +36,11 @@ Conventions
 - Images: ``psnr`` / ``ssim`` of 2-D grey images (a leading batch axis gives
   one value per image).
 - Bootstraps resample PATIENTS (``groups``) with replacement: images of one
-  patient are correlated, so resampling images would give too-narrow CIs.
+  patient are correlated, so resampling images would give too-narrow CIs. Fewer
+  than ``MIN_PATIENTS`` patients give no interval (NaN and a reason).
+- Not measurable is NaN, never a number: an AUROC label without a positive, a
+  metric at K over a gallery of K or fewer items (the protocols say why in the
+  record's ``details["not_measurable"]``).
 
 Example::
 
@@ -43,9 +48,19 @@ Example::
     ci = bootstrap_ci(auroc_macro, y_test, s_test, groups=patient_ids, n=1000, seed=0)
     lo, hi = ci                                   # also ci.estimate, ci.n_skipped
     delta, lo, hi, p = paired_bootstrap(auroc_macro, y_test, s_a, s_b, patient_ids, n=1000, seed=0)
+    fn, arrays = metric_inputs(np.load("record.predictions.npz"), "auroc_macro")  # a run's kept arrays
 """
 
-from harness.metrics.bootstrap import BootstrapCI, PairedComparison, bootstrap_ci, bootstrap_values, paired_bootstrap
+from harness.metrics.bootstrap import (
+    MIN_PATIENTS,
+    BootstrapCI,
+    PairedComparison,
+    bootstrap_ci,
+    bootstrap_values,
+    paired_bootstrap,
+    paired_draws,
+    paired_from_draws,
+)
 from harness.metrics.classification import (
     auprc_macro,
     auprc_per_label,
@@ -59,6 +74,7 @@ from harness.metrics.classification import (
 from harness.metrics.images import psnr, ssim, ssim_map, ssim_masked
 from harness.metrics.localization import mask_iou, pointing_game
 from harness.metrics.names import METRICS, SCORE_METRICS, THRESHOLD_METRICS
+from harness.metrics.paired import metric_inputs, patient_index, stratified_mean, unit_predictions
 from harness.metrics.retrieval import (
     hit_at_k,
     median_rank,
@@ -69,8 +85,10 @@ from harness.metrics.retrieval import (
 )
 from harness.metrics.scoring import ClassificationScores, score_classification
 
-__all__ = ["METRICS", "SCORE_METRICS", "THRESHOLD_METRICS", "BootstrapCI", "ClassificationScores",
+__all__ = ["METRICS", "MIN_PATIENTS", "SCORE_METRICS", "THRESHOLD_METRICS", "BootstrapCI", "ClassificationScores",
            "PairedComparison", "auprc_macro", "auprc_per_label", "auroc_macro", "auroc_micro", "auroc_per_label",
            "bootstrap_ci", "bootstrap_values", "choose_thresholds", "f1_at", "f1_per_label", "hit_at_k", "mask_iou",
-           "median_rank", "paired_bootstrap", "pointing_game", "precision_at_k", "psnr", "ranks_from_similarity",
-           "recall_at_k", "relevance_in_rank_order", "score_classification", "ssim", "ssim_map", "ssim_masked"]
+           "median_rank", "metric_inputs", "paired_bootstrap", "paired_draws", "paired_from_draws", "patient_index",
+           "pointing_game", "precision_at_k", "psnr", "ranks_from_similarity", "recall_at_k",
+           "relevance_in_rank_order", "score_classification", "ssim", "ssim_map", "ssim_masked", "stratified_mean",
+           "unit_predictions"]

@@ -2,10 +2,21 @@
 
 Bootstraps resample PATIENTS (``groups``) with replacement: images of one patient are
 correlated, so resampling images would give too-narrow CIs. A metric that carries a
-``weighted_bootstrap`` attribute (the AUROCs, ``harness.metrics.classification``) is
-evaluated for every resample at once; any other ``f(*arrays) -> float`` is evaluated on
-each materialised resample. Resamples where the metric is undefined (NaN or
-``ValueError``) are skipped and counted.
+``weighted_bootstrap`` attribute (the AUROCs, ``harness.metrics.classification``; the
+per-unit means, ``harness.metrics.paired``) is evaluated for every resample at once; any other
+``f(*arrays) -> float`` is evaluated on each materialised resample. Resamples where the
+metric is undefined (NaN or ``ValueError``) are skipped and counted.
+
+Fewer than ``MIN_PATIENTS`` patients give no interval: G patients have only C(2G-1, G) distinct
+resamples (35 for 4 patients, 126 for 5), and the 2.5 % and 97.5 % percentiles of fewer than 40
+distinct values are not an interval but the extremes. Such a CI is NaN with a ``reason`` (the
+protocols report it as not measurable), never a number. Five patients is the floor, not a
+recommendation: with 10 patients a nominal 95 % percentile interval covers about 90 %.
+
+The paired comparison of two methods draws the same patients for both and recomputes both
+metrics on each resample (``paired_bootstrap``; ``paired_draws`` for any row-aligned inputs);
+several runs of the same pair (seeds) are combined by averaging their per-resample differences
+(``paired_from_draws``): the interval of the seed-averaged difference, from test-set resampling.
 """
 
 from __future__ import annotations
@@ -15,6 +26,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+MIN_PATIENTS = 5  # fewer patients than this: no interval (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -26,6 +39,7 @@ class BootstrapCI:
     hi: float
     n_resamples: int  # resamples with a defined metric (used for the interval)
     n_skipped: int  # resamples where the metric was undefined (NaN or ValueError)
+    reason: str = ""  # why there is no interval (lo, hi NaN): too few patients, no defined resample
 
     def __iter__(self) -> Iterator[float]:
         return iter((self.lo, self.hi))
@@ -41,9 +55,26 @@ class PairedComparison:
     p_value: float  # two-sided: 2 * min(P(delta* <= 0), P(delta* >= 0)), capped at 1
     n_resamples: int
     n_skipped: int
+    reason: str = ""  # why there is no interval (lo, hi NaN)
+
+    def excludes_zero(self) -> bool:
+        """Whether the interval lies wholly above or below 0 (False when there is none)."""
+        return bool(self.lo > 0 or self.hi < 0)
 
     def __iter__(self) -> Iterator[float]:
         return iter((self.delta, self.lo, self.hi, self.p_value))
+
+
+def n_patients(groups: np.ndarray) -> int:
+    """The number of distinct patients in ``groups``."""
+    return int(len(np.unique(np.asarray(groups).astype(str))))
+
+
+def too_few_patients(groups: np.ndarray) -> str:
+    """Why ``groups`` is too small for a bootstrap interval (``MIN_PATIENTS``), or ''."""
+    count = n_patients(groups)
+    return (f"not measurable: {count} patient(s), a bootstrap interval needs at least {MIN_PATIENTS}"
+            if count < MIN_PATIENTS else "")
 
 
 def _group_draws(groups: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -125,13 +156,60 @@ def bootstrap_ci(metric_fn: Callable[..., float], *arrays: np.ndarray, groups: n
         n: number of resamples. seed: fixes the draws (same seed, same interval).
 
     Resamples where the metric is undefined (e.g. a resample without positives)
-    are skipped and counted in ``n_skipped``.
+    are skipped and counted in ``n_skipped``. Fewer than ``MIN_PATIENTS`` patients, or no
+    resample with a defined metric, give ``lo = hi = NaN`` and a ``reason``.
     """
     estimate = value_or_nan(metric_fn, *arrays)
+    small = too_few_patients(groups)
+    if small:
+        return BootstrapCI(estimate, float("nan"), float("nan"), 0, n, small)
     values = bootstrap_values(metric_fn, *arrays, groups=np.asarray(groups), n=n, seed=seed)
     ok = values[~np.isnan(values)]
     lo, hi = _percentiles(ok, alpha)
-    return BootstrapCI(estimate, lo, hi, int(len(ok)), int(n - len(ok)))
+    reason = "" if len(ok) else "not measurable: the metric is undefined on every resample"
+    return BootstrapCI(estimate, lo, hi, int(len(ok)), int(n - len(ok)), reason)
+
+
+def paired_draws(metric_fn: Callable[..., float], a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...],
+                 groups: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, np.ndarray]:
+    """``metric_fn(*a) - metric_fn(*b)`` and its ``(n,)`` values on the same patient resamples.
+
+    Args:
+        metric_fn: ``f(*arrays) -> float``.
+        a: method A's row-aligned arrays (e.g. ``(y, s_a)``); ``b``: method B's, the same rows.
+        groups: ``(N,)`` patient per row, the same for both.
+        n: resamples. seed: fixes the draws (the same seed draws the same patients for any metric).
+
+    Returns:
+        The difference on the full data, and per resample (NaN where either metric is undefined).
+    """
+    groups = np.asarray(groups)
+    delta = value_or_nan(metric_fn, *a) - value_or_nan(metric_fn, *b)
+    return delta, (bootstrap_values(metric_fn, *a, groups=groups, n=n, seed=seed)
+                   - bootstrap_values(metric_fn, *b, groups=groups, n=n, seed=seed))
+
+
+def paired_from_draws(deltas: list[float], draws: list[np.ndarray], alpha: float = 0.05) -> PairedComparison:
+    """The paired comparison of one or more runs (seeds) of the same two methods.
+
+    Args:
+        deltas: per run, the difference on the full test set.
+        draws: per run, the ``(n,)`` differences on patient resamples (``paired_draws``), every run
+            with the same resample seed.
+        alpha: ``1 - alpha`` is the coverage.
+
+    Returns:
+        The mean difference over runs, the percentile interval of the run-averaged per-resample
+        differences, and a two-sided bootstrap p-value; NaN with a ``reason`` when no resample is defined.
+    """
+    if not deltas:
+        raise ValueError("paired_from_draws needs at least one run")
+    mean = np.mean(np.stack([np.asarray(d, dtype=np.float64) for d in draws]), axis=0)
+    d = mean[~np.isnan(mean)]
+    lo, hi = _percentiles(d, alpha)
+    p = min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))) if len(d) else float("nan")
+    reason = "" if len(d) else "not measurable: the difference is undefined on every resample"
+    return PairedComparison(float(np.mean(deltas)), lo, hi, float(p), int(len(d)), int(len(mean) - len(d)), reason)
 
 
 def paired_bootstrap(metric_fn: Callable[..., float], y: np.ndarray, s_a: np.ndarray, s_b: np.ndarray,
@@ -139,13 +217,12 @@ def paired_bootstrap(metric_fn: Callable[..., float], y: np.ndarray, s_a: np.nda
     """Compare methods A and B on the same test set with the same patient resamples.
 
     Returns ``delta = metric(y, s_a) - metric(y, s_b)``, its percentile CI and a
-    two-sided bootstrap p-value for "no difference".
+    two-sided bootstrap p-value for "no difference" (NaN with a ``reason`` for fewer than
+    ``MIN_PATIENTS`` patients).
     """
-    groups = np.asarray(groups)
-    delta = value_or_nan(metric_fn, y, s_a) - value_or_nan(metric_fn, y, s_b)
-    a = bootstrap_values(metric_fn, y, s_a, groups=groups, n=n, seed=seed)
-    b = bootstrap_values(metric_fn, y, s_b, groups=groups, n=n, seed=seed)
-    d = (a - b)[~np.isnan(a - b)]
-    lo, hi = _percentiles(d, alpha)
-    p = min(1.0, 2 * min(np.mean(d <= 0), np.mean(d >= 0))) if len(d) else float("nan")
-    return PairedComparison(float(delta), lo, hi, float(p), int(len(d)), int(n - len(d)))
+    small = too_few_patients(groups)
+    if small:
+        delta = value_or_nan(metric_fn, y, s_a) - value_or_nan(metric_fn, y, s_b)
+        return PairedComparison(float(delta), float("nan"), float("nan"), float("nan"), 0, n, small)
+    delta, draws = paired_draws(metric_fn, (y, s_a), (y, s_b), groups, n=n, seed=seed)
+    return paired_from_draws([delta], [draws], alpha)

@@ -164,23 +164,29 @@ def _weighted_auroc(weights: np.ndarray, y: np.ndarray, s: np.ndarray) -> np.nda
     """``(R, L)`` AUROC per resample and label, rows weighted by multiplicity ``weights`` ``(R, N)``.
 
     Weighted Mann-Whitney: each positive earns the weight of the negatives
-    scored below it, plus half of those tied with it.
+    scored below it, plus half of those tied with it. In ascending score order,
+    with ``C`` the running sum of negative weights, a positive whose tie group spans
+    positions ``[a, b]`` earns ``C[a-1] + (C[b] - C[a-1]) / 2 = (C[a-1] + C[b]) / 2``:
+    one cumulative sum per label and two gathers at the positives (the leaderboard's
+    paired bootstrap runs this for every row and seed).
     """
     y, s = _as_2d(y, s)
     out = np.empty((len(weights), y.shape[1]))
     for j in range(y.shape[1]):
         keep = np.flatnonzero(~np.isnan(y[:, j]))
         order = keep[np.argsort(s[keep, j], kind="mergesort")]
-        _, tie, tie_counts = np.unique(s[order, j], return_inverse=True, return_counts=True)
-        starts = np.r_[0, np.cumsum(tie_counts)[:-1]]
-        w = weights[:, order]  # (R, n) in ascending score order
+        ranked = s[order, j]
         is_pos = y[order, j] == 1
-        w_neg = np.where(is_pos, 0, w)
-        neg_per_tie = np.add.reduceat(w_neg, starts, axis=1) if len(order) else w_neg  # (R, T)
-        neg_below = np.cumsum(neg_per_tie, axis=1) - neg_per_tie
-        credit = (neg_below + 0.5 * neg_per_tie)[:, tie]  # (R, n)
-        w_pos = np.where(is_pos, w, 0)
-        n_pos, n_neg = w_pos.sum(1), w_neg.sum(1)
+        pos = np.flatnonzero(is_pos)
+        first = np.searchsorted(ranked, ranked[pos], side="left")  # each positive's tie group [first, last]
+        last = np.searchsorted(ranked, ranked[pos], side="right") - 1
+        w = weights[:, order]  # (R, n) in ascending score order
+        cum_neg = np.cumsum(np.where(is_pos, 0, w), axis=1)  # (R, n)
+        below = np.where(first > 0, cum_neg[:, np.maximum(first - 1, 0)], 0)
+        credit = 0.5 * (below + cum_neg[:, last])  # (R, n_pos)
+        w_pos = w[:, pos]
+        n_pos = w_pos.sum(1)
+        n_neg = cum_neg[:, -1] if len(order) else np.zeros(len(weights))
         with np.errstate(invalid="ignore", divide="ignore"):
             auc = (w_pos * credit).sum(1) / (n_pos * n_neg)
         out[:, j] = np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)

@@ -2,7 +2,9 @@
 
 ``ranks`` are 1-based ranks of the matching item per query (``ranks_from_similarity``);
 ``relevance`` is a ``(Q, N)`` bool matrix of relevance in ranked order
-(``relevance_in_rank_order``).
+(``relevance_in_rank_order``). Ties are pessimistic everywhere: an item that scores the same
+as a relevant one is counted ahead of it. A metric at ``K`` over a gallery of ``N <= K``
+items is the same for every encoder; the protocols report it as not measurable.
 """
 
 from __future__ import annotations
@@ -24,9 +26,16 @@ def ranks_from_similarity(similarity: np.ndarray, targets: np.ndarray) -> np.nda
 
 
 def relevance_in_rank_order(similarity: np.ndarray, relevant: np.ndarray) -> np.ndarray:
-    """``(Q, N)`` bool: ``relevant`` reordered by descending similarity per query (stable)."""
-    order = np.argsort(-np.asarray(similarity), axis=1, kind="stable")
-    return np.take_along_axis(np.asarray(relevant, dtype=bool), order, axis=1)
+    """``(Q, N)`` bool: ``relevant`` reordered by descending similarity per query, ties pessimistic.
+
+    Among items that score the same, the irrelevant ones come first, as in
+    ``ranks_from_similarity``: a constant encoder finds nothing relevant in its top K,
+    whatever the gallery's order (breaking ties by gallery order made it score by how the
+    gallery happened to be sorted).
+    """
+    relevant = np.asarray(relevant, dtype=bool)
+    order = np.lexsort((relevant, -np.asarray(similarity, dtype=np.float64)), axis=1)  # by -sim, then False first
+    return np.take_along_axis(relevant, order, axis=1)
 
 
 def recall_at_k(ranks: np.ndarray, k: int) -> float:
@@ -40,10 +49,16 @@ def median_rank(ranks: np.ndarray) -> float:
 
 
 def hit_at_k(relevance: np.ndarray, k: int) -> float:
-    """Fraction of queries with at least one relevant item in the top ``k``."""
+    """Fraction of queries with at least one relevant item in the top ``k`` (``relevance_in_rank_order``)."""
     return float(np.mean(np.asarray(relevance, dtype=bool)[:, :k].any(1)))
 
 
 def precision_at_k(relevance: np.ndarray, k: int) -> float:
-    """Mean over queries of the fraction of the top ``k`` that is relevant."""
-    return float(np.mean(np.asarray(relevance, dtype=bool)[:, :k].mean(1)))
+    """Mean over queries of the number of relevant items in the top ``k``, divided by ``k``.
+
+    Always by ``k``, also when a gallery has fewer than ``k`` items (dividing by ``min(k, N)``
+    turned "the whole gallery" into a precision). With ``k >= N`` every encoder retrieves the
+    whole gallery, so the value says nothing of it: the retrieval protocol reports such a
+    metric as not measurable.
+    """
+    return float(np.mean(np.asarray(relevance, dtype=bool)[:, :k].sum(1) / k))

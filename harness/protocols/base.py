@@ -45,8 +45,9 @@ class EvalContext:
 class ProtocolResult:
     metrics: dict[str, float]
     ci: dict[str, tuple[float, float]] = field(default_factory=dict)  # 95 % bootstrap CIs
-    # Saved with --save-predictions as .npz next to the record: scores, targets, embeddings,
-    # a few reconstructions. Arrays only: never text, never patient or study identifiers.
+    # Written as .npz next to the record: always the arrays the paired bootstrap of the main metric
+    # needs (harness.metrics.paired.KEPT); with --save-predictions everything (embeddings, a few
+    # reconstructions). Arrays only: never text, never patient or study identifiers.
     predictions: dict[str, np.ndarray] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)  # chosen hyperparameters, skipped labels, ...
 

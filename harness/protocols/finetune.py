@@ -41,7 +41,7 @@ from harness.encoders.preprocess import to_model_input
 from harness.protocols.args import Arg, ProtocolArgs
 from harness.protocols.base import EvalContext, ProtocolResult
 from harness.protocols.errors import ProtocolError
-from harness.protocols.linear_probe import CLASSIFICATION_METRICS, masked_bce, report
+from harness.protocols.linear_probe import CLASSIFICATION_METRICS, classification_predictions, masked_bce, report
 
 ARGS = ProtocolArgs(
     "finetune",
@@ -183,5 +183,4 @@ def run(ctx: EvalContext) -> ProtocolResult:
     details = {**training, "n": {"train": len(rows), "val": len(ctx.data.val), "test": len(ctx.data.test)},
                **scores.details}
     return ProtocolResult(metrics=scores.metrics, ci=scores.ci, details=details,
-                          predictions={"scores": s_test.astype(np.float32),
-                                       "targets": ctx.data.test.targets.astype(np.float32)})
+                          predictions=classification_predictions(ctx, s_test, scores))

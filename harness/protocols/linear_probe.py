@@ -190,17 +190,51 @@ def frozen_features(ctx: EvalContext, batch_size: int) -> dict[str, np.ndarray]:
 
 def report(ctx: EvalContext, y_val: np.ndarray, s_val: np.ndarray, s_test: np.ndarray,
            n_boot: int) -> metrics.ClassificationScores:
-    """The task's metrics on test (F1 thresholds from val), CI on the main metric, label names in details."""
+    """The task's metrics on test (F1 thresholds from val), CI on the main metric, label names in details.
+
+    What cannot be measured is said in ``details["not_measurable"]``: labels without both classes
+    in the test split (no AUROC; the macro averages leave them out), a metric with no such label
+    at all (NaN, rendered "n/m") and a CI over too few patients.
+    """
     test = ctx.data.test
+    # the kept anonymous patient index (classification_predictions): the CI is reproducible from the kept arrays
     scores = metrics.score_classification(
-        ctx.task.metrics, (y_val, s_val), (test.targets, s_test), test.frame["patient_id"].to_numpy(),
+        ctx.task.metrics, (y_val, s_val), (test.targets, s_test), metrics.patient_index(test.frame["patient_id"]),
         ci_metrics=(ctx.task.main_metric,) if n_boot > 0 else (), n_boot=n_boot, seed=ctx.seed)
     names = ctx.data.label_names
     d = scores.details
     d["auroc_per_label"] = dict(zip(names, d["auroc_per_label"], strict=True))
     d["f1_thresholds"] = dict(zip(names, d["f1_thresholds"], strict=True))
     d["skipped_labels"] = [names[j] for j in d["skipped_labels"]]
+    d["f1_skipped_labels"] = [names[j] for j in d["f1_skipped_labels"]]
+    d["validation"] = (f"the whole validation split ({len(ctx.data.val)} images) at every label fraction: it chooses "
+                       "the protocol's hyperparameters and the F1 thresholds")
+    not_measurable: dict[str, Any] = {}
+    if d["skipped_labels"]:
+        positives = np.nansum(test.targets, axis=0)
+        not_measurable["labels"] = {names[j]: "no positive in test" if positives[j] == 0 else "no negative in test"
+                                    for j in range(len(names)) if names[j] in d["skipped_labels"]}
+        kept = len(names) - len(d["skipped_labels"])
+        not_measurable["note"] = f"auroc_macro and auprc_macro average the other {kept} of {len(names)} labels"
+    for m, value in scores.metrics.items():
+        if np.isnan(value):
+            what = "a positive" if m == "f1_macro" else "both classes"
+            not_measurable[m] = f"not measurable: no label has {what} in the test split ({len(test)} images)"
+    if d["bootstrap"].get("not_measurable"):
+        not_measurable["ci"] = d["bootstrap"]["not_measurable"]
+    if not_measurable:
+        d["not_measurable"] = not_measurable
     return scores
+
+
+def classification_predictions(ctx: EvalContext, s_test: np.ndarray, scores: metrics.ClassificationScores
+                               ) -> dict[str, np.ndarray]:
+    """The arrays every classification run keeps (``harness.metrics.paired``): scores, targets, groups, thresholds."""
+    test = ctx.data.test
+    return {"scores": np.asarray(s_test, dtype=np.float32), "targets": test.targets.astype(np.float32),
+            "groups": metrics.patient_index(test.frame["patient_id"].to_numpy()),
+            "f1_thresholds": np.array([scores.details["f1_thresholds"][n] for n in ctx.data.label_names],
+                                      dtype=np.float64)}
 
 
 def run(ctx: EvalContext) -> ProtocolResult:
@@ -220,5 +254,4 @@ def run(ctx: EvalContext) -> ProtocolResult:
         **scores.details,
     }
     return ProtocolResult(metrics=scores.metrics, ci=scores.ci, details=details,
-                          predictions={"scores": s_test.astype(np.float32),
-                                       "targets": ctx.data.test.targets.astype(np.float32)})
+                          predictions=classification_predictions(ctx, s_test, scores))

@@ -14,7 +14,12 @@ boxes of one label on one image are one case whose target is their union):
    ``pleural thickening``), then normalised again (CLIP-style prompt ensembling).
 2. The similarity map is the cosine of each region feature with the phrase, on
    the encoder's ``region_grid``, bilinearly upsampled to the preprocess size and
-   min-max normalised per image.
+   min-max normalised per image. A map is **flat** when its span on the grid
+   (max - min) is at most ``FLAT_RTOL`` of its magnitude (max |cosine|), or at most
+   ``FLAT_ATOL`` (float32 rounding of a cosine): such a map points nowhere (a 1x1
+   region grid, a constant encoder), and min-max stretching its rounding noise would
+   make a pattern of nothing. A flat map is all 0: no pointing-game hit and IoU 0
+   (counted in ``details["flat_maps"]``).
 3. **Pointing game**: a hit when the map's maximum lies inside the box(es)
    (``metrics.pointing_game``). **IoU**: the map thresholded at ``threshold``
    (``map >= threshold``) against the box mask (``metrics.mask_iou``). A box
@@ -22,7 +27,10 @@ boxes of one label on one image are one case whose target is their union):
 
 The same is done for a uniform-random map drawn on the region grid (seeded),
 reported as ``details["random_baseline"]``: a method must beat it to claim
-localization. Per-label values are in ``details["per_label"]``.
+localization. Per-label values are in ``details["per_label"]``. CIs resample patients (none over
+fewer than ``metrics.MIN_PATIENTS``: said in ``details["not_measurable"]``); every run keeps each
+case's hit and IoU with an anonymous patient index (``harness.metrics.paired``) for the
+leaderboard's paired bootstrap.
 
 Arguments: ``ARGS`` below (names, types, defaults and ranges, checked by
 ``harness.protocols.args`` when the task loads and again when the protocol runs).
@@ -54,6 +62,9 @@ from harness.protocols.errors import ProtocolError
 from harness.protocols.retrieval import encode_texts
 
 BOX_COLUMNS = ("image_id", "label", "x0", "y0", "x1", "y1")
+# A grid map whose span is within this of its magnitude is flat (module docstring): rounding, not a place.
+FLAT_RTOL = 1e-4
+FLAT_ATOL = 1e-6  # cosines lie in [-1, 1]; float32 rounds them at about 1e-7
 
 
 def _template_problem(template: str) -> str | None:
@@ -118,24 +129,49 @@ def box_mask(coords: np.ndarray, size: int) -> np.ndarray:
     return mask
 
 
+def region_similarity(regions: torch.Tensor, phrases: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``(B, 1, h, w)`` cosine of each of the ``(B, R, D)`` regions with its ``(B, D)`` phrase, on the grid."""
+    sim = torch.einsum("brd,bd->br", F.normalize(regions, dim=-1), F.normalize(phrases, dim=-1))  # (B, R)
+    return sim.reshape(-1, 1, *grid)
+
+
 def similarity_maps(regions: torch.Tensor, phrases: torch.Tensor, grid: tuple[int, int], size: int) -> torch.Tensor:
     """``(B, size, size)`` min-max normalised cosine maps of ``(B, R, D)`` regions vs ``(B, D)`` phrases."""
-    sim = torch.einsum("brd,bd->br", F.normalize(regions, dim=-1), F.normalize(phrases, dim=-1))  # (B, R)
-    return upsample_normalise(sim.reshape(-1, 1, *grid), size)
+    return upsample_normalise(region_similarity(regions, phrases, grid), size)
+
+
+def flat_maps(grid_maps: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` bool: is each ``(B, 1, h, w)`` map flat: span <= max(``FLAT_RTOL`` x magnitude, ``FLAT_ATOL``)."""
+    flat = grid_maps.reshape(len(grid_maps), -1).double()
+    span = flat.amax(dim=1) - flat.amin(dim=1)
+    magnitude = flat.abs().amax(dim=1)
+    return span <= torch.clamp(FLAT_RTOL * magnitude, min=FLAT_ATOL)
 
 
 def upsample_normalise(grid_maps: torch.Tensor, size: int) -> torch.Tensor:
-    """``(B, 1, h, w)`` -> bilinear ``(B, size, size)``, min-max normalised per map (a flat map is all 0)."""
+    """``(B, 1, h, w)`` -> bilinear ``(B, size, size)``, min-max normalised per map (a flat map is all 0).
+
+    Flatness is judged on the grid (``flat_maps``), before upsampling adds its own rounding.
+    """
     maps = F.interpolate(grid_maps.float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
     lo = maps.amin(dim=(1, 2), keepdim=True)
     span = maps.amax(dim=(1, 2), keepdim=True) - lo
-    return torch.where(span > 0, (maps - lo) / span.clamp_min(1e-12), torch.zeros_like(maps))
+    keep = ~flat_maps(grid_maps)[:, None, None] & (span > 0)
+    return torch.where(keep, (maps - lo) / span.clamp_min(1e-12), torch.zeros_like(maps))
 
 
-def score_maps(maps: np.ndarray, masks: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per case: pointing-game hit (0 / 1) and IoU of ``maps >= threshold`` with ``masks``."""
+def score_maps(maps: np.ndarray, masks: np.ndarray, threshold: float, flat: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Per case: pointing-game hit (0 / 1) and IoU of ``maps >= threshold`` with ``masks``.
+
+    A ``flat`` map (``flat_maps``) points nowhere: no hit and IoU 0, whatever its first pixel is.
+    """
     hits = np.array([metrics.pointing_game(m[None], t[None]) for m, t in zip(maps, masks, strict=True)])
-    return hits, metrics.mask_iou(maps >= threshold, masks)
+    ious = metrics.mask_iou(maps >= threshold, masks)
+    if flat is not None:
+        flat = np.asarray(flat, dtype=bool)
+        hits, ious = np.where(flat, 0.0, hits), np.where(flat, 0.0, ious)
+    return hits, ious
 
 
 def _cases(ctx: EvalContext, boxes: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -194,28 +230,39 @@ def run(ctx: EvalContext) -> ProtocolResult:
     feature_row = {r: i for i, r in enumerate(rows)}
     rng = torch.Generator().manual_seed(ctx.seed)
     model, random = ([], []), ([], [])
+    n_flat = 0
     for start in range(0, len(cases), 64):  # chunks keep the (B, S, S) maps small
         chunk = cases.iloc[start:start + 64]
         masks = np.stack([box_mask(c, size) for c in chunk["coords"]])
         reg = torch.from_numpy(regions[[feature_row[r] for r in chunk["row"]]])
-        maps = similarity_maps(reg, torch.stack([phrases[label] for label in chunk["label"]]), grid, size)
-        noise = upsample_normalise(torch.rand(len(chunk), 1, *grid, generator=rng), size)
-        for out, m in ((model, maps), (random, noise)):
-            hits, ious = score_maps(m.numpy(), masks, args["threshold"])
+        grid_maps = region_similarity(reg, torch.stack([phrases[label] for label in chunk["label"]]), grid)
+        flat = flat_maps(grid_maps).numpy()
+        n_flat += int(flat.sum())
+        noise = torch.rand(len(chunk), 1, *grid, generator=rng)
+        for out, g, f in ((model, grid_maps, flat), (random, noise, flat_maps(noise).numpy())):
+            hits, ious = score_maps(upsample_normalise(g, size).numpy(), masks, args["threshold"], f)
             out[0].append(hits)
             out[1].append(ious)
     hits, ious = (np.concatenate(x) for x in model)
     random_hits, random_ious = (np.concatenate(x) for x in random)
     per_label = {label: _summary(hits[idx], ious[idx]) for label, idx in cases.groupby("label").indices.items()}
     patients = ctx.data.test.frame["patient_id"].astype(str).to_numpy()[cases["row"].to_numpy()]
-    ci = {}
+    kept = metrics.unit_predictions(patients, {"pointing_game": hits, "iou": ious})
+    ci, not_measurable = {}, {}
     for name, values, fn in (("pointing_game", hits, np.mean), ("iou", ious, np.nanmean)):
-        boot = metrics.bootstrap_ci(fn, values, groups=patients, n=args["n_bootstrap"], seed=ctx.seed)
-        ci[name] = (boot.lo, boot.hi)
+        boot = metrics.bootstrap_ci(fn, values, groups=kept["groups"], n=args["n_bootstrap"], seed=ctx.seed)
+        if boot.reason:
+            not_measurable[f"ci of {name}"] = boot.reason
+        else:
+            ci[name] = (boot.lo, boot.hi)
     details = {"n_cases": len(cases), "n_images": len(rows), "boxes_outside_test": outside,
                "boxes_without_coordinates": no_coordinates,
                "templates": list(args["templates"]), "threshold": args["threshold"],
-               "region_grid": list(grid), "map_size": size, "per_label": per_label,
-               "random_baseline": _summary(random_hits, random_ious)}
+               "region_grid": list(grid), "map_size": size, "per_label": per_label, "flat_maps": n_flat,
+               "flat_rule": f"span <= max({FLAT_RTOL:g} x max |cosine|, {FLAT_ATOL:g}) on the grid: no hit, IoU 0",
+               "random_baseline": _summary(random_hits, random_ious),
+               "bootstrap": {"n": args["n_bootstrap"], "seed": ctx.seed, "unit": "patient"}}
+    if not_measurable:
+        details["not_measurable"] = not_measurable
     return ProtocolResult(metrics=_summary(hits, ious), ci=ci, details=details,
-                          predictions={"pointing_hits": hits.astype(np.uint8), "iou": ious})
+                          predictions={"pointing_hits": hits.astype(np.uint8), "iou": ious, **kept})

@@ -68,7 +68,7 @@ from harness.features import split_features
 from harness.protocols.args import Arg, ProtocolArgs
 from harness.protocols.base import EvalContext, ProtocolResult
 from harness.protocols.errors import ProtocolError
-from harness.protocols.linear_probe import CLASSIFICATION_METRICS, report
+from harness.protocols.linear_probe import CLASSIFICATION_METRICS, classification_predictions, report
 from harness.text import SPECIAL_TOKENS
 
 TEXT_COLUMN = "indication"  # the ONLY report text this protocol reads (see the module docstring)
@@ -375,6 +375,7 @@ def run(ctx: EvalContext) -> ProtocolResult:
     fit["history"] = [{**h, "val_auroc_macro": _finite(h["val_auroc_macro"])} for h in fit["history"]]
     details = {**result.details, **fit, "text_column": TEXT_COLUMN, "image_tokens": trainer.images.kind,
                "finetune_image": trainer.images.finetune, "text_model": args["text_model"] or "scratch",
-               "n_train": len(trainer.train_rows)}
+               "n_train": len(trainer.train_rows),
+               "n": {"train": len(trainer.train_rows), "val": len(ctx.data.val), "test": len(ctx.data.test)}}
     return ProtocolResult(metrics=result.metrics, ci=result.ci, details=details,
-                          predictions={"scores": scores.astype(np.float32), "targets": ctx.data.test.targets})
+                          predictions=classification_predictions(ctx, scores, result))

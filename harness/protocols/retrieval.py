@@ -24,9 +24,20 @@ the (best) match is counted ahead of it, so a constant encoder ranks every match
 last instead of first. Recall@K is the fraction of queries with rank <= K; the
 median rank is the median over queries. Metrics: ``i2t_r{K}``, ``t2i_r{K}``,
 ``i2t_median_rank``, ``t2i_median_rank`` and ``r_mean`` (the mean of the
-recalls), with patient-level bootstrap CIs of each recall. The similarity matrix is never held whole: query
-blocks are multiplied against the full gallery (``ranks``), so memory stays
+recalls), with patient-level bootstrap CIs of each recall and of the main metric. The similarity matrix
+is never held whole: query blocks are multiplied against the full gallery (``ranks``), so memory stays
 bounded for galleries of any size.
+
+Not measurable: a metric at K over a gallery of K or fewer candidates is the same for every
+encoder (Recall@K = 1, Precision@K = relevant / K), so it is NaN, with the reason in
+``details["not_measurable"]``; a main metric that is not measurable (``r_mean`` averages every
+recall) refuses the run with that reason, as does a block larger than the test gallery. A CI over
+fewer than ``metrics.MIN_PATIENTS`` patients is left out and said.
+
+Every run keeps, for the leaderboard's paired bootstrap (``harness.metrics.paired``), each query's
+share of the main metric (``values__<main>``: its recall averaged over the K for ``r_mean``, its
+hit or precision at K for 5x200), its stratum (direction, and block for R-1k) and an anonymous
+patient index.
 
 Variants (task ``protocol_args``):
 
@@ -34,14 +45,17 @@ Variants (task ``protocol_args``):
   order and cut into consecutive blocks of ``block`` pairs; each block is its own
   gallery and the metrics are averaged over blocks. Pairs beyond the last full
   block are left out (counted in ``details["pairs_outside_blocks"]``); a gallery
-  smaller than one block is one block.
+  smaller than one block is refused (it would not be R-``block``).
 - ``mode: class-5x200``: GLoRIA / BenchX class retrieval. ``per_class`` (200)
   studies are drawn (seeded, without replacement) for each of ``classes`` (the
   5 CheXpert competition labels) among the studies whose targets (after the
   task's label policy) are positive for exactly that one class; a retrieved item
   is a hit when it has the query's class (a query's own report is in the gallery,
   as in GLoRIA). Metrics: ``i2t_hit{K}`` / ``t2i_hit{K}`` (at least one hit in the
-  top K) and ``i2t_prec{K}`` / ``t2i_prec{K}`` (the fraction of hits in the top K).
+  top K) and ``i2t_prec{K}`` / ``t2i_prec{K}`` (hits in the top K divided by K). Ties
+  are pessimistic as in the pairs mode (``metrics.relevance_in_rank_order``): items
+  that score the same as a hit are ranked ahead of it, so a constant encoder scores
+  0, whatever the order of the gallery (which is sorted by class).
 
 Arguments: ``ARGS`` below (names, types, defaults, ranges and the mode each
 applies to, checked by ``harness.protocols.args`` when the task loads and again here).
@@ -53,7 +67,7 @@ Example task file fragment::
     protocol_args: {block: 1000}      # or {mode: class-5x200, per_class: 200}
 
 Predictions: the L2-normalised image and text embeddings of the gallery (arrays
-only, never text).
+only, never text; written with ``--save-predictions``), and the kept per-query arrays above.
 """
 
 from __future__ import annotations
@@ -122,9 +136,8 @@ ARGS = ProtocolArgs(
         "pool_splits": Arg(str, ["test"], "class-5x200: the splits the studies are drawn from", many=True,
                            choices=("train", "val", "test"), when=_classes, when_doc="mode: class-5x200"),
         "batch_size": Arg(int, 64, "image and text encoding batch size", ge=1),
-        # bootstrap CIs are computed for whole-gallery pairs only
-        "n_bootstrap": Arg(int, 1000, "patient resamples for the recall CIs", ge=1,
-                           when=lambda a: _pairs(a) and a["block"] is None, when_doc="mode: pairs without block"),
+        # every mode: the main metric's CI; whole-gallery pairs: each recall's too
+        "n_bootstrap": Arg(int, 1000, "patient resamples for the CIs", ge=1),
     },
     metrics=_metrics,
     rules=(lambda a: ("block", "block needs mode: pairs and gallery: one-per-study (1:1 pairs)")
@@ -229,33 +242,88 @@ def pair_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, image_study: np.
     return i2t, t2i
 
 
+def k_reason(k: int, candidates: int) -> str:
+    """Why a metric at ``k`` over ``candidates`` gallery items says nothing of an encoder, or ''."""
+    return (f"not measurable: K = {k} is not below the {candidates} candidates (every encoder retrieves them all)"
+            if k >= candidates else "")
+
+
 def recall_metrics(i2t: np.ndarray, t2i: np.ndarray, ks: list[int]) -> dict[str, float]:
-    """Recall@K per direction, median ranks, and ``r_mean`` (the mean of all the recalls)."""
+    """Recall@K per direction, median ranks, and ``r_mean`` (the mean of all the recalls).
+
+    An image query's candidates are the texts (``len(t2i)``), a text query's the images
+    (``len(i2t)``): Recall@K with K >= the candidates is NaN (``k_reason``), and so is ``r_mean``.
+    """
     out: dict[str, float] = {}
-    for name, ranks in (("i2t", i2t), ("t2i", t2i)):
+    for name, ranks, candidates in (("i2t", i2t, len(t2i)), ("t2i", t2i, len(i2t))):
         for k in ks:
-            out[f"{name}_r{k}"] = metrics.recall_at_k(ranks, k)
+            out[f"{name}_r{k}"] = float("nan") if k_reason(k, candidates) else metrics.recall_at_k(ranks, k)
         out[f"{name}_median_rank"] = metrics.median_rank(ranks)
-    out["r_mean"] = float(np.mean([out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in ks]))
+    out["r_mean"] = float(np.mean([out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in ks]))  # NaN stays NaN
     return out
+
+
+def block_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, block: int, seed: int
+                ) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], dict[str, Any]]:
+    """JoImTeRNet R-1k: per seeded block of ``block`` 1:1 pairs, its pair indices and both directions' ranks.
+
+    Raises:
+        ProtocolError: fewer pairs than one block (that would not be R-``block``).
+    """
+    n = image_emb.shape[0]
+    if block < 1:
+        raise ProtocolError(f"retrieval: block must be >= 1, got {block}")
+    if n < block:
+        raise ProtocolError(f"retrieval: block {block} needs at least {block} test pairs; the test gallery has {n} "
+                            f"(R-{block} over {n} pairs would not be R-{block})")
+    order = np.random.default_rng(seed).permutation(n)
+    n_blocks = n // block
+    parts = []
+    for b in range(n_blocks):
+        idx = order[b * block:(b + 1) * block]
+        rows = torch.as_tensor(idx)
+        i2t, t2i = pair_ranks(image_emb[rows], text_emb[rows], np.arange(len(idx)))
+        parts.append((idx, i2t, t2i))
+    return parts, {"blocks": n_blocks, "block_size": block, "pairs_outside_blocks": n - n_blocks * block}
 
 
 def block_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, block: int, ks: list[int], seed: int
                   ) -> tuple[dict[str, float], dict[str, Any]]:
-    """JoImTeRNet R-1k: metrics averaged over seeded blocks of ``block`` 1:1 pairs."""
-    n = image_emb.shape[0]
-    if block < 1:
-        raise ProtocolError(f"retrieval: block must be >= 1, got {block}")
-    order = np.random.default_rng(seed).permutation(n)
-    n_blocks = max(1, n // block)
-    per_block = []
-    for b in range(n_blocks):
-        idx = torch.as_tensor(order[b * block:(b + 1) * block] if n >= block else order)
-        i2t, t2i = pair_ranks(image_emb[idx], text_emb[idx], np.arange(len(idx)))
-        per_block.append(recall_metrics(i2t, t2i, ks))
-    averaged = {k: float(np.mean([m[k] for m in per_block])) for k in per_block[0]}
-    used = n_blocks * block if n >= block else n
-    return averaged, {"blocks": n_blocks, "block_size": min(block, n), "pairs_outside_blocks": n - used}
+    """JoImTeRNet R-1k: metrics averaged over seeded blocks of ``block`` 1:1 pairs (``block_ranks``)."""
+    parts, info = block_ranks(image_emb, text_emb, block, seed)
+    per_block = [recall_metrics(i2t, t2i, ks) for _, i2t, t2i in parts]
+    return {k: float(np.mean([m[k] for m in per_block])) for k in per_block[0]}, info
+
+
+def pair_units(main: str, ks: list[int], galleries: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+               ) -> dict[str, np.ndarray]:
+    """The kept per-query arrays of the main metric (``harness.metrics.paired``); {} for a median rank.
+
+    Args:
+        main: the main metric (``r_mean`` or a recall).
+        ks: the K.
+        galleries: per gallery (the whole one, or each block): ``(i2t ranks, t2i ranks, image patients,
+            text patients)``; each (gallery, direction) is a stratum.
+
+    Returns:
+        ``groups``, ``strata`` and ``values__<main>`` over every query of every gallery.
+    """
+    values, strata, patients = [], [], []
+    for b, (i2t, t2i, image_patients, text_patients) in enumerate(galleries):
+        for d, (name, ranks, who) in enumerate((("i2t", i2t, image_patients), ("t2i", t2i, text_patients))):
+            at = main[len(name) + 2:]  # "5" of "i2t_r5"
+            if main == "r_mean":
+                v = np.mean([ranks <= k for k in ks], axis=0)  # its share of the mean of the recalls
+            elif main.startswith(f"{name}_r") and at.isdigit():
+                v = ranks <= int(at)
+            else:
+                continue
+            values.append(np.asarray(v, dtype=np.float64))
+            strata.append(np.full(len(ranks), 2 * b + d))
+            patients.append(np.asarray(who).astype(str))
+    if not values:
+        return {}
+    return metrics.unit_predictions(np.concatenate(patients), {main: np.concatenate(values)}, np.concatenate(strata))
 
 
 # --------------------------------------------------------------------------- class-5x200
@@ -283,18 +351,38 @@ def sample_5x200(targets: np.ndarray, per_class: int, seed: int, class_names: li
     return np.concatenate(rows), np.concatenate(classes)
 
 
-def class_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, classes: np.ndarray, ks: list[int]
-                  ) -> dict[str, float]:
-    """Hit@K and Precision@K in both directions; a retrieved item is a hit if it shares the class."""
+def class_hits(image_emb: torch.Tensor, text_emb: torch.Tensor, classes: np.ndarray) -> dict[str, np.ndarray]:
+    """Per direction, ``(N, N)`` bool: is each query's r-th retrieved item of its class (ties pessimistic)."""
     scores = (image_emb @ text_emb.T).cpu().numpy()  # (N, N): a few thousand items at most, so whole
     same_class = classes[:, None] == classes[None, :]  # (N, N) symmetric relevance
+    return {name: metrics.relevance_in_rank_order(sim, same_class) for name, sim in (("i2t", scores),
+                                                                                   ("t2i", scores.T))}
+
+
+def class_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, classes: np.ndarray, ks: list[int]
+                  ) -> dict[str, float]:
+    """Hit@K and Precision@K in both directions; a retrieved item is a hit if it shares the class.
+
+    With K >= the ``N`` items (each query's candidates) a metric is NaN (``k_reason``).
+    """
     out: dict[str, float] = {}
-    for name, sim in (("i2t", scores), ("t2i", scores.T)):
-        hits = metrics.relevance_in_rank_order(sim, same_class)  # (N, N) bool in retrieved order
+    for name, hits in class_hits(image_emb, text_emb, classes).items():
         for k in ks:
-            out[f"{name}_hit{k}"] = metrics.hit_at_k(hits, k)
-            out[f"{name}_prec{k}"] = metrics.precision_at_k(hits, k)
+            nan = bool(k_reason(k, hits.shape[1]))
+            out[f"{name}_hit{k}"] = float("nan") if nan else metrics.hit_at_k(hits, k)
+            out[f"{name}_prec{k}"] = float("nan") if nan else metrics.precision_at_k(hits, k)
     return out
+
+
+def class_units(main: str, hits: dict[str, np.ndarray], image_patients: np.ndarray, text_patients: np.ndarray
+                ) -> dict[str, np.ndarray]:
+    """The kept per-query arrays of a 5x200 main metric (``{d}_hit{K}`` or ``{d}_prec{K}``)."""
+    name, _, rest = main.partition("_")
+    kind = "hit" if rest.startswith("hit") else "prec"
+    k = int(rest[len(kind):])
+    top = hits[name][:, :k]
+    values = top.any(1) if kind == "hit" else top.sum(1) / k
+    return metrics.unit_predictions(image_patients if name == "i2t" else text_patients, {main: values})
 
 
 # --------------------------------------------------------------------------- run
@@ -364,18 +452,27 @@ def _pool_gallery(ctx: EvalContext, args: dict[str, Any]) -> tuple[Gallery, np.n
 
 
 def run(ctx: EvalContext) -> ProtocolResult:
-    """Embed the test gallery and score retrieval in both directions (see the module docstring)."""
+    """Embed the test gallery and score retrieval in both directions (see the module docstring).
+
+    Raises:
+        ProtocolError: the main metric is not measurable on this gallery (the message says why).
+    """
     args = ARGS.read(ctx)  # every argument checked, defaults filled in; the task's metrics are this mode's
-    ks = args["ks"]
+    ks, main, n_boot = args["ks"], ctx.task.main_metric, int(args["n_bootstrap"])
     details: dict[str, Any] = {"mode": args["mode"], "similarity": "cosine", "ties": "pessimistic",
                                "text_sections": list(args["text_sections"])}
     ci: dict[str, tuple[float, float]] = {}
     if args["mode"] == "class-5x200":
         gallery, classes, counts = _pool_gallery(ctx, args)
         image, text = _embed(ctx, gallery, args["batch_size"])
+        hits = class_hits(image, text, classes)
         result = class_metrics(image, text, classes, ks)
         details.update(counts, n_items=len(classes), classes=list(args["classes"]), per_class=args["per_class"],
                        pool_splits=list(args["pool_splits"]))
+        size = f"a gallery of {len(classes)} items"
+        reasons = {f"{d}_{m}{k}": k_reason(k, len(classes)) for d in ("i2t", "t2i") for m in ("hit", "prec")
+                   for k in ks}
+        units = class_units(main, hits, gallery.image_patient, gallery.text_patient)
         extra = {"classes": classes}
     else:
         gallery, counts = build_gallery(ctx.data.test.frame, "test", args["text_sections"], args["gallery"])
@@ -384,25 +481,53 @@ def run(ctx: EvalContext) -> ProtocolResult:
         image, text = _embed(ctx, gallery, args["batch_size"])
         details.update(counts, gallery=args["gallery"], n_images=int(image.shape[0]), n_texts=int(text.shape[0]))
         if args["block"] is not None:
-            result, block_info = block_metrics(image, text, int(args["block"]), ks, ctx.seed)
+            parts, block_info = block_ranks(image, text, int(args["block"]), ctx.seed)
             details.update(block_info)
+            per_block = [recall_metrics(i2t, t2i, ks) for _, i2t, t2i in parts]
+            result = {k: float(np.mean([m[k] for m in per_block])) for k in per_block[0]}
+            galleries = [(i2t, t2i, gallery.image_patient[idx], gallery.text_patient[idx]) for idx, i2t, t2i in parts]
+            sizes = (block_info["block_size"], block_info["block_size"])
+            size = f"blocks of {block_info['block_size']} pairs"
         else:
             i2t, t2i = pair_ranks(image, text, gallery.image_study)
             result = recall_metrics(i2t, t2i, ks)
-            ci = _recall_cis(i2t, t2i, (gallery.image_patient, gallery.text_patient), ks,
-                             int(args["n_bootstrap"]), ctx.seed)
+            ci = _recall_cis(i2t, t2i, (gallery.image_patient, gallery.text_patient), ks, n_boot, ctx.seed)
+            galleries = [(i2t, t2i, gallery.image_patient, gallery.text_patient)]
+            sizes = (len(t2i), len(i2t))  # an image query's candidates are the texts, and the other way round
+            size = f"a gallery of {len(i2t)} images and {len(t2i)} texts"
+        reasons = {f"{d}_r{k}": k_reason(k, n) for d, n in zip(("i2t", "t2i"), sizes, strict=True) for k in ks}
+        broken = [m for m, why in reasons.items() if why]
+        reasons["r_mean"] = f"not measurable: it averages {broken}, which are not" if broken else ""
+        units = pair_units(main, ks, galleries)
         extra = {"image_to_text_index": gallery.image_study}
-    predictions = {"image_embeddings": image.numpy(), "text_embeddings": text.numpy(), **extra}
+    not_measurable = {m: why for m, why in reasons.items() if why and m in result}
+    if not_measurable.get(main):
+        raise ProtocolError(f"retrieval: the main metric {main} is {not_measurable[main]}, on {size}")
+    if units:
+        boot = metrics.bootstrap_ci(metrics.stratified_mean, units[f"values__{main}"], units["strata"],
+                                    groups=units["groups"], n=n_boot, seed=ctx.seed)
+        if boot.reason:
+            not_measurable[f"ci of {main}"] = boot.reason
+        else:
+            ci[main] = (boot.lo, boot.hi)
+    details["bootstrap"] = {"n": n_boot, "seed": ctx.seed, "unit": "patient"}
+    if not_measurable:
+        details["not_measurable"] = not_measurable
+    predictions = {"image_embeddings": image.numpy(), "text_embeddings": text.numpy(), **extra, **units}
     return ProtocolResult(metrics=result, ci=ci, details=details, predictions=predictions)
 
 
 def _recall_cis(i2t: np.ndarray, t2i: np.ndarray, groups: tuple[np.ndarray, np.ndarray], ks: list[int],
                 n_bootstrap: int, seed: int) -> dict[str, tuple[float, float]]:
-    """95 % bootstrap CIs of each Recall@K, resampling the queries' patients."""
+    """95 % bootstrap CIs of each measurable Recall@K, resampling the queries' patients (none for too few)."""
     out = {}
-    for (name, ranks), patients in zip((("i2t", i2t), ("t2i", t2i)), groups, strict=True):
+    for (name, ranks, candidates), patients in zip((("i2t", i2t, len(t2i)), ("t2i", t2i, len(i2t))), groups,
+                                                   strict=True):
         for k in ks:
-            ci = metrics.bootstrap_ci(functools.partial(metrics.recall_at_k, k=k), ranks, groups=patients,
-                                      n=n_bootstrap, seed=seed)
-            out[f"{name}_r{k}"] = (ci.lo, ci.hi)
+            if k_reason(k, candidates):
+                continue
+            ci = metrics.bootstrap_ci(functools.partial(metrics.recall_at_k, k=k), ranks,
+                                      groups=metrics.patient_index(patients), n=n_bootstrap, seed=seed)
+            if not ci.reason:
+                out[f"{name}_r{k}"] = (ci.lo, ci.hi)
     return out

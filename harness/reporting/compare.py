@@ -8,6 +8,10 @@ subset, which both share. The paired difference per seed, its mean and a Student
 
     python -m harness compare --results results --task mimic-cls "msn-ehr" "msn"
 
+The last column is the leaderboard's paired bootstrap over the same test patients
+(``harness.reporting.pairing``): the interval from test-set resampling, which the seed-paired
+t-interval does not see (and which exists with one seed, or identical seeds).
+
 Rows are named as on the leaderboard (``harness.reporting.leaderboard.row_names``), within the
 runs of one data (``harness.results.data_fingerprint``): runs on different data are never
 paired. The two rows are compared on each data both have (one table each, labelled with
@@ -26,11 +30,16 @@ import numpy as np
 from scipy import stats
 
 from harness.reporting.leaderboard import data_groups, row_names
+from harness.reporting.pairing import Pairing
 from harness.results import load_records, world_label
 
 
-def paired(recs: list[dict[str, Any]], a: str, b: str, metric: str | None = None) -> list[dict[str, Any]]:
+def paired(recs: list[dict[str, Any]], a: str, b: str, metric: str | None = None,
+           results_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Per label fraction: the seeds both rows have, their means and the paired difference ``a - b``.
+
+    With ``results_dir`` each fraction also gets ``bootstrap``: the paired bootstrap over test patients
+    (``pairing.Pairing.compare``: a ``PairedComparison``, or why there is none).
 
     Raises:
         KeyError: a row name that no record of ``recs`` has (the message lists the names there are).
@@ -41,9 +50,11 @@ def paired(recs: list[dict[str, Any]], a: str, b: str, metric: str | None = None
             raise KeyError(f"no row {row!r}; rows: {sorted(set(names))}")
     metric = metric or recs[0]["main_metric"]
     values: dict[tuple[str, float], dict[int, float]] = defaultdict(dict)
+    runs: dict[float, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for name, r in zip(names, recs):
         if name in (a, b) and metric in r["metrics"]:
             values[(name, r["fraction"])][r["seed"]] = float(r["metrics"][metric])
+            runs[r["fraction"]][name].append(r)
     out = []
     for fraction in sorted({f for _, f in values}):
         seeds = sorted(set(values[(a, fraction)]) & set(values[(b, fraction)]))
@@ -53,9 +64,13 @@ def paired(recs: list[dict[str, Any]], a: str, b: str, metric: str | None = None
         xb = np.array([values[(b, fraction)][s] for s in seeds])
         d = xa - xb
         half = (stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
-        out.append({"fraction": fraction, "seeds": seeds, "metric": metric, "a": xa, "b": xb, "diff": d,
-                    "mean_diff": float(d.mean()), "ci95": (float(d.mean() - half), float(d.mean() + half)),
-                    "wins": int((d > 0).sum())})
+        row = {"fraction": fraction, "seeds": seeds, "metric": metric, "a": xa, "b": xb, "diff": d,
+               "mean_diff": float(d.mean()), "ci95": (float(d.mean() - half), float(d.mean() + half)),
+               "wins": int((d > 0).sum())}
+        if results_dir is not None:
+            shared = {name: [r for r in rs if r["seed"] in seeds] for name, rs in runs[fraction].items()}
+            row["bootstrap"] = Pairing(results_dir, metric, shared).compare(a, b)
+        out.append(row)
     return out
 
 
@@ -65,9 +80,11 @@ def _ms(x: np.ndarray) -> str:
 
 def render(task: str, a: str, b: str, rows: list[dict[str, Any]], data: str = "") -> str:
     """The markdown table of ``paired``'s rows; ``data`` (the data's fingerprint and world) heads it when given."""
+    boot = any("bootstrap" in r for r in rows)
     lines = [f"### {task}: {a} vs {b} (paired by seed)", "", *([f"data: {data}", ""] if data else []),
-             f"| fraction | seeds | {a} | {b} | mean difference | 95 % CI (t) | {a} better |",
-             "|---|---|---|---|---|---|---|"]
+             f"| fraction | seeds | {a} | {b} | mean difference | 95 % CI (t) | {a} better |"
+             + (" paired bootstrap over test patients |" if boot else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if boot else "")]
     for r in rows:
         lo, hi = r["ci95"]
         if math.isnan(lo):
@@ -76,8 +93,13 @@ def render(task: str, a: str, b: str, rows: list[dict[str, Any]], data: str = ""
             ci = "n/a (identical across seeds)"
         else:
             ci = f"[{lo:+.4f}, {hi:+.4f}]"
-        lines.append(f"| {r['fraction']:g} | {len(r['seeds'])} | {_ms(r['a'])} | {_ms(r['b'])} | "
-                     f"{r['mean_diff']:+.4f} | {ci} | {r['wins']}/{len(r['seeds'])} |")
+        line = (f"| {r['fraction']:g} | {len(r['seeds'])} | {_ms(r['a'])} | {_ms(r['b'])} | "
+                f"{r['mean_diff']:+.4f} | {ci} | {r['wins']}/{len(r['seeds'])} |")
+        if boot:
+            cmp = r.get("bootstrap", "not computed")
+            line += (f" n/a: {cmp} |" if isinstance(cmp, str)
+                     else f" {cmp.delta:+.4f} [{cmp.lo:+.4f}, {cmp.hi:+.4f}] |")
+        lines.append(line)
     metric = rows[0]["metric"] if rows else "?"
     lines += ["", f"metric: `{metric}`; cells: mean ± std over the shared seeds."]
     return "\n".join(lines) + "\n"
@@ -113,7 +135,7 @@ def compare(results_dir: str | Path, task: str, a: str, b: str, metric: str | No
                              "never paired")
         missing = a if not where[a] else b
         raise KeyError(f"no row {missing!r}; rows: {sorted({n for _, _, names in groups for n in names})}")
-    text = "".join(render(task, a, b, paired(group, a, b, metric), f"`{fp}` ({world_label(group[0])})")
+    text = "".join(render(task, a, b, paired(group, a, b, metric, results_dir), f"`{fp}` ({world_label(group[0])})")
                    + "\n" for fp, group in shared)
     unpaired = [f"{row!r} also has runs on data {fp}, which the other row lacks (not paired)"
                 for row in (a, b) for fp in where[row] if fp not in {f for f, _ in shared}]

@@ -1,10 +1,28 @@
-"""Markdown leaderboards rendered from result records only.
+"""Markdown leaderboards rendered from result records (and the predictions kept next to them) only.
 
 One file per (data source, task): ``<out>/<data_source>/<task>.md``, so synthetic
 and real results never share a table. Each file says it is generated, which
 harness versions and task version produced it, which data its runs were computed
 on (``harness.results.data_fingerprint`` and the world), and flags rows whose
 pretraining data overlaps the task's evaluation data.
+
+A table per label fraction; what its columns say:
+
+- each metric: the mean over the row's runs and its 95 % interval (``harness.reporting.cells``:
+  over seeds when they vary, else the run's bootstrap CI; ``n/m`` when not measurable);
+- ``Δ vs <reference>`` (``--reference``, default ``random``): the paired difference of the main
+  metric against the reference row, from a paired bootstrap over the same test patients
+  (``harness.reporting.pairing``); rows without kept predictions show why there is none;
+- ``vs best``: ``best`` for the best row by the main metric, ``≈ best`` when the paired interval
+  against it contains 0 (statistically tied), ``below best`` when it does not;
+- ``mode`` / ``floor``: when the records' details carry them (regeneration: the protocol's mode
+  and the mean-training-image floor);
+- ``harness`` / ``task``: the harness and task versions of the row's runs, and under the table the
+  exact command line of every run (the record's ``argv``).
+
+A row whose method learnt from the task's labels (``method_card.uses_labels``: a supervised
+ceiling) is marked ``(uses labels)``, listed after the others, and never the reference row nor
+the best row: it is never mixed into the self-supervised comparison.
 
 Runs of one task on different data (another synthetic world, another version of a
 real dataset) never share a row or a table: each data gets its own section,
@@ -14,13 +32,15 @@ real dataset) never share a row or a table: each data gets its own section,
 
 from __future__ import annotations
 
+import math
 import os
+import shlex
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from harness.reporting.cells import Cell, cell_of, format_cell
+from harness.reporting.pairing import RESAMPLES, Pairing
 from harness.results import data_fingerprint, load_records, world_label
 from harness.storage import atomic_write
 
@@ -35,13 +55,6 @@ def leakage(rec: dict[str, Any]) -> str:
         if dataset == eval_ds and split in ("", "all", "test", "val", "valid", "validate"):
             return f"pretrained on {item}"
     return ""
-
-
-def _fmt(values: list[float]) -> str:
-    arr = np.asarray(values, dtype=float)
-    if len(arr) == 1:
-        return f"{arr[0]:.4f} (n=1)"
-    return f"{arr.mean():.4f} ± {arr.std(ddof=1):.4f} (n={len(arr)})"
 
 
 def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -100,43 +113,148 @@ def data_groups(recs: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, An
     return sorted(current.items(), key=lambda item: (newest[item[0]], item[0]), reverse=True)
 
 
-def _tables(recs: list[dict[str, Any]], metrics: list[str], latest: int, heading: str) -> tuple[list[str], bool]:
+LOWER_IS_BETTER = ("median_rank", "mse")  # a main metric whose name contains one of these: lower is better
+
+
+def _lower_is_better(metric: str) -> bool:
+    return any(part in metric for part in LOWER_IS_BETTER)
+
+
+def _direction(metric: str) -> str:
+    return "lower is better" if _lower_is_better(metric) else "higher is better"
+
+
+def uses_labels(rec: dict[str, Any]) -> bool:
+    """Whether the record's method learnt from the task's labels (a supervised ceiling, ``method_card.uses_labels``)."""
+    return bool((rec.get("method_card") or {}).get("uses_labels"))
+
+
+def _command(rec: dict[str, Any]) -> str:
+    if "argv" not in rec:
+        return "not recorded (older record)"
+    argv = rec["argv"]
+    return f"`{shlex.join(str(a) for a in argv)}`" if argv else "not recorded (the Python API)"
+
+
+def _floor(values: list[Any]) -> str:
+    """The mean floor of a row's runs: a number, or a mapping's numbers (``psnr 17.71, ssim 0.51``)."""
+    numbers = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    if numbers:
+        return f"{sum(numbers) / len(numbers):.4g}"
+    maps = [v for v in values if isinstance(v, dict)]
+    keys = [k for k in (maps[0] if maps else {}) if all(isinstance(m.get(k), int | float) for m in maps)]
+    return ", ".join(f"{k} {sum(m[k] for m in maps) / len(maps):.4g}" for k in keys[:3])
+
+
+def _paired_cell(pairing: Pairing, row: str, other: str) -> str:
+    cmp = pairing.compare(row, other)
+    if isinstance(cmp, str):
+        return f"n/a: {cmp}"
+    seeds = pairing.seeds(row, other)
+    return f"{cmp.delta:+.4f} [{cmp.lo:+.4f}, {cmp.hi:+.4f}] ({seeds} seed{'s' * (seeds > 1)})"
+
+
+def _vs_best(pairing: Pairing, row: str, best: str | None) -> str:
+    if best is None:
+        return ""
+    if row == best:
+        return "best"
+    cmp = pairing.compare(row, best)
+    if isinstance(cmp, str):
+        return f"n/a: {cmp}"
+    return "≈ best" if cmp.lo <= 0 <= cmp.hi else "below best"
+
+
+def _order(rows: list[str], main_cells: dict[str, Cell], labelled: set[str], metric: str) -> list[str]:
+    """Rows without labels first, by the main metric (NaN last), then the label-using ones, likewise."""
+    sign = 1 if _lower_is_better(metric) else -1
+
+    def key(row: str) -> tuple[bool, bool, float, str]:
+        mean = main_cells[row].mean if row in main_cells else math.nan
+        return row in labelled, math.isnan(mean), sign * mean if not math.isnan(mean) else 0.0, row
+
+    return sorted(rows, key=key)
+
+
+def _tables(recs: list[dict[str, Any]], metrics: list[str], latest: int, heading: str,
+            results_dir: str | Path | None = None, reference: str = "random") -> tuple[list[str], bool]:
     """The per-fraction tables of one data's records (task version ``latest``); and whether a row is flagged."""
     main = metrics[0]
     names = dict(zip(map(id, recs), row_names(recs)))
     lines: list[str] = []
     flagged = False
     for fraction in sorted({r["fraction"] for r in recs}):
-        cell: dict[tuple[str, str], list[float]] = defaultdict(list)
-        flags: dict[str, str] = {}
-        for r in recs:
-            if r["fraction"] != fraction or r["task_version"] != latest:
-                continue
-            row = names[id(r)]
-            flags[row] = flags.get(row) or leakage(r)
-            for m in metrics:
-                if m in r["metrics"]:
-                    cell[(row, m)].append(r["metrics"][m])
-        rows = sorted({row for row, _ in cell}, key=lambda n: -np.mean(cell.get((n, main), [-np.inf])))
-        if not rows:
+        by_row: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in sorted((r for r in recs if r["fraction"] == fraction and r["task_version"] == latest),
+                        key=lambda r: r["seed"]):
+            by_row[names[id(r)]].append(r)
+        if not by_row:
             continue
-        lines += [f"{heading} label fraction {fraction:g}", "", "| method | " + " | ".join(metrics) + " |",
-                  "|---" * (len(metrics) + 1) + "|"]
+        flags = {row: next((f for f in map(leakage, runs) if f), "") for row, runs in by_row.items()}
+        labelled = {row for row, runs in by_row.items() if any(map(uses_labels, runs))}
+        cells = {(row, m): cell_of([r["metrics"].get(m, math.nan) for r in runs],
+                                   [(r.get("ci") or {}).get(m) for r in runs])
+                 for row, runs in by_row.items() for m in metrics if any(m in r["metrics"] for r in runs)}
+        main_cells = {row: cells[(row, main)] for row in by_row if (row, main) in cells}
+        rows = _order(list(by_row), main_cells, labelled, main)
+        measured = [row for row in rows if row not in labelled and row in main_cells
+                    and not math.isnan(main_cells[row].mean)]
+        best = measured[0] if measured else None  # rows are in order: the first measured one is the best
+        pairing = Pairing(results_dir, main, by_row)
+        details = [r.get("details") or {} for runs in by_row.values() for r in runs]
+        regen = any("floor" in d and "mode" in d for d in details)
+        head = [main, f"Δ vs {reference}", "vs best", *metrics[1:], *(("mode", "floor") if regen else ()),
+                "harness", "task"]
+        lines += [f"{heading} label fraction {fraction:g}", "", "| method | " + " | ".join(head) + " |",
+                  "|---" * (len(head) + 1) + "|"]
         for row in rows:
-            mark = " ⚠" if flags.get(row) else ""
+            runs = by_row[row]
+            mark = " ⚠" if flags[row] else ""
             flagged |= bool(mark)
-            cells = [_fmt(cell[(row, m)]) if cell.get((row, m)) else "" for m in metrics]
-            lines.append(f"| {row}{mark} | " + " | ".join(cells) + " |")
+            if row in labelled:
+                delta, vs_best = (_paired_cell(pairing, row, reference) if reference in by_row
+                                  and reference not in labelled else ""), "not ranked (uses labels)"
+            elif row == reference:
+                delta, vs_best = "reference", _vs_best(pairing, row, best)
+            elif reference in labelled:
+                delta, vs_best = f"n/a: {reference} uses labels, never the reference", _vs_best(pairing, row, best)
+            elif reference not in by_row:
+                delta, vs_best = f"n/a: no {reference} row", _vs_best(pairing, row, best)
+            else:
+                delta, vs_best = _paired_cell(pairing, row, reference), _vs_best(pairing, row, best)
+            values = [format_cell(cells[(row, m)]) if (row, m) in cells else "" for m in metrics]
+            extra = []
+            if regen:
+                row_details = [r.get("details") or {} for r in runs]
+                extra = [", ".join(sorted({str(d["mode"]) for d in row_details if "mode" in d})),
+                         _floor([d["floor"] for d in row_details if "floor" in d])]
+            versions = [", ".join(sorted({str(r.get("harness_version")) for r in runs})),
+                        ", ".join(sorted({f"v{r['task_version']}" for r in runs}))]
+            label = " (uses labels)" if row in labelled else ""
+            lines.append(f"| {row}{label}{mark} | " + " | ".join([values[0], delta, vs_best, *values[1:], *extra,
+                                                                   *versions]) + " |")
         lines.append("")
+        warned = [f"- ⚠ {row}: {flags[row]} (overlaps this task's evaluation data)" for row in rows if flags[row]]
+        lines += [*warned, *([""] if warned else []), "Commands (the record's `argv`, per seed):", ""]
         for row in rows:
-            if flags.get(row):
-                lines.append(f"- ⚠ {row}: {flags[row]} (overlaps this task's evaluation data)")
+            commands: dict[str, list[str]] = defaultdict(list)
+            for r in by_row[row]:
+                commands[_command(r)].append(str(r["seed"]))
+            lines.append(f"- {row}: " + "; ".join(f"{c} (seed{'s' * (len(s) > 1)} {', '.join(s)})"
+                                                   for c, s in commands.items()))
         lines.append("")
     return lines, flagged
 
 
-def render_task(task: str, data_source: str, recs: list[dict[str, Any]]) -> str:
-    """The markdown of one (data source, task): header, then the tables of each data (see the module docstring)."""
+def render_task(task: str, data_source: str, recs: list[dict[str, Any]], results_dir: str | Path | None = None,
+                reference: str = "random") -> str:
+    """The markdown of one (data source, task): header, then the tables of each data (see the module docstring).
+
+    Args:
+        task: the task name; data_source: ``synthetic`` or ``real``; recs: its records.
+        results_dir: where the records' predictions files are (the paired column); None: no paired column.
+        reference: the row every other row is compared with.
+    """
     versions = sorted({r["task_version"] for r in recs})
     harness_versions = sorted({r["harness_version"] for r in recs})
     main = recs[0]["main_metric"]
@@ -148,19 +266,26 @@ def render_task(task: str, data_source: str, recs: list[dict[str, Any]]) -> str:
                   "about real chest X-rays and must not be compared with published figures.", ""]
     lines += [f"- task version(s): {', '.join(f'v{v}' for v in versions)}",
               f"- harness version(s): {', '.join(harness_versions)}",
-              f"- protocol: {recs[0].get('protocol', '?')}; main metric: `{main}`; cells: mean ± std over "
-              "seeds (n runs)",
+              f"- protocol: {recs[0].get('protocol', '?')}; main metric: `{main}` ({_direction(main)})",
+              "- cells: the mean and its 95 % interval: over seeds when they vary (`t, n seeds`: Student t), "
+              "else the run's patient-level bootstrap CI (`bootstrap`; the lowest seed's when identical runs "
+              "repeat it); `n/m`: not measurable (the record's details say why)",
+              f"- Δ vs `{reference}`: the paired difference of `{main}` (row − `{reference}`) and its 95 % "
+              f"interval, from a paired bootstrap over the same test patients ({RESAMPLES:,} resamples; differences "
+              "averaged over the seeds both rows have); `≈ best`: the paired interval against the best row "
+              "contains 0 (statistically tied); rows marked `(uses labels)` learnt from the task's labels: a "
+              "ceiling, never the reference nor the best",
               f"- profiles: {', '.join(sorted({r.get('profile', '?') for r in recs}))}"]
     if len(groups) == 1:
         lines += [f"- data: `{groups[0][0]}`: {world_label(groups[0][1][0])}", ""]
-        body, flagged = _tables(groups[0][1], metrics, versions[-1], "##")
+        body, flagged = _tables(groups[0][1], metrics, versions[-1], "##", results_dir, reference)
         lines += body
     else:
         lines += [f"- data: {len(groups)} different data (" + ", ".join(f"`{fp}`" for fp, _ in groups)
                   + "): runs on different data never share a table; one section each, most recent first", ""]
         flagged = False
         for fp, group in groups:
-            body, group_flagged = _tables(group, metrics, versions[-1], "###")
+            body, group_flagged = _tables(group, metrics, versions[-1], "###", results_dir, reference)
             flagged |= group_flagged
             lines += [f"## data `{fp}`: {world_label(group[0])}", "", *body]
     if not flagged:
@@ -177,8 +302,15 @@ def picture_links(pictures: list[tuple[str, Path]], md_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_all(results_dir: str | Path, out_dir: str | Path, pictures: bool = True) -> tuple[list[Path], list[str]]:
+def render_all(results_dir: str | Path, out_dir: str | Path, pictures: bool = True,
+               reference: str = "random") -> tuple[list[Path], list[str]]:
     """Write ``<out>/<source>/<task>.md`` (and, with ``pictures``, its PNGs, linked from it).
+
+    Args:
+        results_dir: the records (and their predictions files).
+        out_dir: where the leaderboards go.
+        pictures: draw the label-efficiency curves and regeneration grids.
+        reference: the row every other row is compared with (``Δ vs``).
 
     Returns:
         The files written, and the problems to report: unreadable record files, and each task
@@ -192,7 +324,7 @@ def render_all(results_dir: str | Path, out_dir: str | Path, pictures: bool = Tr
     for (source, task), recs in sorted(groups.items()):
         path = Path(out_dir) / source / f"{task}.md"
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = render_task(task, source, recs)
+        text = render_task(task, source, recs, results_dir, reference)
         by_data = data_groups(recs)
         if len(by_data) > 1:
             problems.append(f"{path}: {task} ({source}) has runs on {len(by_data)} different data ("

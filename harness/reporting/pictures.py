@@ -1,8 +1,9 @@
 """Leaderboard pictures, drawn from result records only (matplotlib, Agg backend: no display needed).
 
 - ``label_efficiency_png``: a task's main metric against the label fraction, one line per
-  method (mean over seeds), with a band: the 95 % t-interval over seeds when a point has
-  two or more seeds, else the record's own bootstrap CI for the main metric.
+  method (mean over seeds), with a band: the interval of the leaderboard's cell
+  (``harness.reporting.cells``: the 95 % t-interval over seeds when they vary, else the
+  record's own bootstrap CI for the main metric); a point no run could measure is left out.
 - ``regeneration_grid_png``: original / masked / regenerated examples from the
   ``--save-predictions`` npz of a regeneration run (``harness.protocols.regeneration``
   saves ``original``, ``masked_p{p}``, ``regenerated_p{p}`` as ``(n, S, S)`` uint8).
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 
 def _pyplot() -> Any:
@@ -35,8 +35,10 @@ def _pyplot() -> Any:
 def efficiency_points(recs: list[dict[str, Any]]) -> dict[str, list[tuple[float, float, float, float]]]:
     """method -> sorted ``(fraction, mean, low, high)`` of the main metric (latest task version).
 
-    Band: 95 % t-interval of the mean over seeds (n >= 2), else the record's CI, else the point.
+    Band: the leaderboard cell's interval (``cells.cell_of``), else the point.
     """
+    from harness.reporting.cells import cell_of
+
     latest = max(r["task_version"] for r in recs)
     main = recs[0]["main_metric"]
     groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
@@ -45,16 +47,12 @@ def efficiency_points(recs: list[dict[str, Any]]) -> dict[str, list[tuple[float,
             groups[(r["method"], float(r["fraction"]))].append(r)
     out: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
     for (method, fraction), group in sorted(groups.items()):
-        values = np.array([r["metrics"][main] for r in group], dtype=float)
-        mean = float(values.mean())
-        if len(values) >= 2 and values.std(ddof=1) > 0:
-            half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
-            low, high = mean - half, mean + half
-        elif len(values) == 1 and main in group[0].get("ci", {}):
-            low, high = group[0]["ci"][main]
-        else:
-            low = high = mean
-        out[method].append((fraction, mean, float(low), float(high)))
+        group = sorted(group, key=lambda r: r["seed"])
+        cell = cell_of([r["metrics"][main] for r in group], [r.get("ci", {}).get(main) for r in group])
+        if math.isnan(cell.mean):
+            continue
+        low, high = cell.interval
+        out[method].append((fraction, cell.mean, float(low), float(high)))
     return dict(out)
 
 

@@ -28,12 +28,13 @@ table's ``data`` column names it. Verdicts:
 
 How the reproduced difference's interval is computed (column "interval"):
 
-1. ``paired bootstrap``: when both methods saved predictions (``--save-predictions``) for
-   the same seeds on the same test targets, ``harness.metrics.paired_bootstrap`` resamples
-   the test images (the saved predictions carry no patient ids, so the unit is the image)
-   identically for both methods; with several seeds, the per-resample differences are
-   averaged over seeds (``bootstrap_values`` with the same resample seed), so the interval
-   is that of the seed-averaged difference, from test-set resampling.
+1. ``paired bootstrap``: when both methods' records have predictions (every run keeps its
+   scores and targets, ``harness.metrics.paired``) for the same seeds on the same test targets,
+   ``harness.metrics.paired_bootstrap`` resamples the test PATIENTS (the kept anonymous patient
+   index, ``groups``; older predictions without it are resampled by image) identically for both
+   methods; with several seeds, the per-resample differences are averaged over seeds
+   (``bootstrap_values`` with the same resample seed), so the interval is that of the
+   seed-averaged difference, from test-set resampling.
 2. ``t over seeds``: otherwise, the difference of the per-seed means with a Welch
    t-interval over seeds (one seed each: the interval is the point).
 
@@ -52,7 +53,7 @@ import numpy as np
 import yaml
 from scipy import stats
 
-from harness.results import data_fingerprint, load_records, record_path
+from harness.results import data_fingerprint, load_predictions, load_records
 from harness.storage import REPOSITORY
 
 PUBLISHED = REPOSITORY / "leaderboards" / "published.yaml"
@@ -160,23 +161,20 @@ def _t_interval(a: list[float], b: list[float] | None = None) -> tuple[float, fl
     return float(est), float(est - half), float(est + half)
 
 
-def _predictions(results_dir: Path, rec: dict[str, Any]) -> dict[str, np.ndarray] | None:
-    name = rec.get("predictions_file")
-    if not name:
-        return None
-    path = record_path(results_dir, rec).parent / name
-    if not path.is_file():
-        return None
-    with np.load(path) as npz:
-        return {k: npz[k] for k in npz.files}
+def _groups(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> np.ndarray:
+    """The patients both predictions share (their kept ``groups``), else one group per test image."""
+    if "groups" in a and "groups" in b and np.array_equal(a["groups"], b["groups"]):
+        return a["groups"]
+    return np.arange(len(a["targets"]))
 
 
 def paired_difference(pairs: list[tuple[dict, dict]], metric: str) -> tuple[float, float, float] | None:
     """Seed-averaged paired-bootstrap difference ``metric(A) - metric(B)`` and its 95 % interval.
 
-    ``pairs`` holds, per seed, the two methods' saved predictions (``scores``, ``targets``).
-    With one seed this is exactly ``harness.metrics.paired_bootstrap``. Returns None when the
-    metric is not a score metric or the predictions do not pair (different test targets).
+    ``pairs`` holds, per seed, the two methods' predictions (``scores``, ``targets`` and, when kept,
+    ``groups``: the bootstrap then resamples patients, else images). With one seed this is exactly
+    ``harness.metrics.paired_bootstrap``. Returns None when the metric is not a score metric or the
+    predictions do not pair (different test targets).
     """
     from harness import metrics
 
@@ -190,12 +188,12 @@ def paired_difference(pairs: list[tuple[dict, dict]], metric: str) -> tuple[floa
             return None
     if len(pairs) == 1:
         a, b = pairs[0]
-        groups = np.arange(len(a["targets"]))
-        cmp = metrics.paired_bootstrap(fn, a["targets"], a["scores"], b["scores"], groups, n=BOOTSTRAP_RESAMPLES)
+        cmp = metrics.paired_bootstrap(fn, a["targets"], a["scores"], b["scores"], _groups(a, b),
+                                       n=BOOTSTRAP_RESAMPLES)
         return cmp.delta, cmp.lo, cmp.hi
     deltas, draws = [], []
     for a, b in pairs:
-        groups = np.arange(len(a["targets"]))
+        groups = _groups(a, b)
         deltas.append(fn(a["targets"], a["scores"]) - fn(b["targets"], b["scores"]))
         draws.append(metrics.bootstrap_values(fn, a["targets"], a["scores"], groups=groups, n=BOOTSTRAP_RESAMPLES)
                      - metrics.bootstrap_values(fn, b["targets"], b["scores"], groups=groups, n=BOOTSTRAP_RESAMPLES))
@@ -209,7 +207,7 @@ def _difference(results_dir: Path | None, a: list[dict], b: list[dict], metric: 
     seeds = sorted({r["seed"] for r in a} & {r["seed"] for r in b})
     if results_dir is not None and seeds:
         by_a, by_b = {r["seed"]: r for r in a}, {r["seed"]: r for r in b}
-        preds = [(_predictions(results_dir, by_a[s]), _predictions(results_dir, by_b[s])) for s in seeds]
+        preds = [(load_predictions(results_dir, by_a[s]), load_predictions(results_dir, by_b[s])) for s in seeds]
         if all(pa is not None and pb is not None for pa, pb in preds):
             paired = paired_difference(preds, metric)  # type: ignore[arg-type]
             if paired is not None:
