@@ -26,7 +26,7 @@ from harness.results import data_fingerprint, load_records, write_record
 from harness.synth import MARKER, write_world
 from tests.corpus import cli_error, copy_of
 from tests.test_results import WORLD, WORLD_XRV, make_record
-from tests.test_synth import fake_torchxrayvision
+from tests.test_synth import use_fake_torchxrayvision
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +180,7 @@ def test_calibration_without_torchxrayvision_is_one_line_and_writes_nothing(tmp_
 
 
 def test_calibration_files_missing_or_damaged_name_the_file(tmp_path, monkeypatch, capsys):
-    site = fake_torchxrayvision(tmp_path / "site")
-    monkeypatch.syspath_prepend(str(site))
+    site = use_fake_torchxrayvision(monkeypatch, tmp_path / "site")
     data = site / "torchxrayvision" / "data"
     nih = data / "Data_Entry_2017_v2020.csv.gz"
     saved = nih.read_bytes()

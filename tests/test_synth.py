@@ -272,6 +272,18 @@ XRV_CHEXPERT_COLUMNS = ("Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opac
                         "Pleural Other", "Fracture", "Support Devices")
 
 
+def use_fake_torchxrayvision(monkeypatch, site: Path, **kwargs) -> Path:
+    """Put the stand-in first on sys.path and forget an already imported real torchxrayvision (installed in the
+    venv: ``importlib.util.find_spec`` answers from ``sys.modules`` before it searches the path)."""
+    import sys
+
+    for name in [m for m in sys.modules if m == "torchxrayvision" or m.startswith("torchxrayvision.")]:
+        monkeypatch.delitem(sys.modules, name)
+    path = fake_torchxrayvision(site, **kwargs)
+    monkeypatch.syspath_prepend(str(path))
+    return path
+
+
 def fake_torchxrayvision(site: Path, effusion_rows: int = 0) -> Path:
     """A minimal importable ``torchxrayvision`` under ``site``: an empty package plus the two bundled
     metadata files the calibration reads, 10 rows each (``effusion_rows`` CheXpert rows with an effusion,
@@ -309,7 +321,7 @@ def test_installed_torchxrayvision_changes_nothing_by_itself(tmp_path: Path, mon
     from harness.synth.world import GENERATOR_VERSION
 
     before = write_world(tmp_path / "before", **SMALL)
-    monkeypatch.syspath_prepend(str(fake_torchxrayvision(tmp_path / "site")))
+    use_fake_torchxrayvision(monkeypatch, tmp_path / "site")
     assert importlib.util.find_spec("torchxrayvision") is not None  # "installed" now
     after = write_world(tmp_path / "after", **SMALL)
     assert before == after and after["calibration"] == "spec" and "calibration_sha256" not in after
@@ -325,7 +337,7 @@ def test_torchxrayvision_calibration_when_asked_is_its_own_world(tmp_path: Path,
     from harness.synth import world_identity
 
     write_world(tmp_path / "spec", **SMALL)
-    monkeypatch.syspath_prepend(str(fake_torchxrayvision(tmp_path / "site")))
+    use_fake_torchxrayvision(monkeypatch, tmp_path / "site")
     marker = write_world(tmp_path / "xrv", **SMALL, calibration="torchxrayvision")
     digest = marker["calibration_sha256"]
     assert marker["calibration"] == "torchxrayvision" and re.fullmatch(r"[0-9a-f]{64}", digest)
@@ -356,7 +368,7 @@ def test_torchxrayvision_calibration_when_asked_is_its_own_world(tmp_path: Path,
 def test_default_root_takes_the_calibration_only_from_the_variable(tmp_path: Path, monkeypatch, capsys) -> None:
     from harness.cli import main
 
-    monkeypatch.syspath_prepend(str(fake_torchxrayvision(tmp_path / "site")))
+    use_fake_torchxrayvision(monkeypatch, tmp_path / "site")
     env = {"HARNESS_CACHE": str(tmp_path / "cache"), "HARNESS_SYNTH_SCALE": "0.01",
            "HARNESS_SYNTH_CALIBRATION": "torchxrayvision"}
     root = resolve_data_root(None, environ=env)
