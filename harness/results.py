@@ -56,6 +56,8 @@ class RunInfo:
     started_at: str
     wall_time_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    embedding_fingerprint: dict[str, Any] | None = None  # harness.encoders.fingerprint
+    pretraining_overlap: dict[str, Any] | None = None  # counts of a --pretraining-manifest's overlap
 
 
 @dataclass
@@ -95,6 +97,12 @@ class ResultRecord:
     weights_sha256: str
     dataset_fingerprint: str  # with world: the data's identity, part of the file name (data_fingerprint)
     world: dict[str, Any] | str
+    # the encoder's outputs on the shipped reference batch, hashed (harness.encoders.fingerprint): the same
+    # model with the same preprocessing gives the same value; None in records written before it existed
+    embedding_fingerprint: dict[str, Any] | None = None
+    # a submission's --pretraining-manifest: patients of each split the weights saw (counts only, never ids),
+    # the manifest's sha256 and whether --allow-overlap let an overlap be scored; None without a manifest
+    pretraining_overlap: dict[str, Any] | None = None
 
     @classmethod
     def of_run(cls, ctx: Any, result: Any, run: RunInfo) -> ResultRecord:
@@ -105,7 +113,8 @@ class ResultRecord:
         task, data = ctx.task, ctx.data
         return cls(
             method=run.method,
-            method_card={"paper": run.card.paper, "pretraining_data": list(run.card.pretraining_data)},
+            method_card={"paper": run.card.paper, "pretraining_data": list(run.card.pretraining_data),
+                         "preprocess": run.card.preprocess.describe(), "notes": run.card.notes},
             capabilities=sorted(capabilities(ctx.encoder)),
             task=task.name, task_version=task.version, dataset=task.dataset,
             eval_dataset=task.eval_dataset or task.dataset, protocol=task.protocol,
@@ -122,6 +131,7 @@ class ResultRecord:
             device=ctx.device, determinism=determinism(ctx.device), started_at=run.started_at,
             wall_time_s=run.wall_time_s, timings=run.timings, split_sha256=data.split_sha256,
             weights_sha256=ctx.weights_sha256, dataset_fingerprint=data.dataset_fingerprint, world=run.world,
+            embedding_fingerprint=run.embedding_fingerprint, pretraining_overlap=run.pretraining_overlap,
         )
 
     def to_dict(self) -> dict[str, Any]:
