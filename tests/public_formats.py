@@ -257,3 +257,14 @@ def dino_checkpoint(root: Path, state: dict) -> Path:
                 "dino_loss": {"center": torch.zeros(1, 32)}},
                path)
     return path
+
+
+class ExtraBlock(torch.nn.Module):
+    """A module class of the user's own: a pickled model holding it needs more than torchxrayvision's classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return x * self.scale

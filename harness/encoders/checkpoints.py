@@ -190,11 +190,26 @@ def strip_prefix(state: dict[str, Any], prefix: str, where: str, notes: list[str
     """
     kept = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not kept:
-        starts = Counter(".".join(k.split(".")[:2]) + "." for k in state)
         raise SubmissionError(f"{where}: --key-prefix {prefix!r}: no key starts with it (keys start with "
-                              f"{[s for s, _ in starts.most_common(5)]})")
+                              f"{key_starts(state)})")
     notes.append(f"keys under {prefix!r} ({len(kept)} of {len(state)} tensors)")
     return kept
+
+
+def key_starts(state: dict[str, Any], show: int = 5) -> list[str]:
+    """The first distinct beginnings of the keys (``module.encoder_q.``, ``blocks.``), for messages."""
+    starts: list[str] = []
+    for key in state:
+        parts = key.split(".")
+        head = []
+        for part in parts[:min(2, max(1, len(parts) - 1))]:  # at most 2 parts, never the tensor's own name
+            if part.isdigit():
+                break
+            head.append(part)
+        start = ".".join(head) + ("." if len(parts) > len(head) else "")
+        if start not in starts:
+            starts.append(start)
+    return starts[:show]
 
 
 def _strip_wrappers(state: dict[str, Any], notes: list[str]) -> dict[str, Any]:
