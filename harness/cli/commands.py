@@ -9,6 +9,7 @@ handlers, so a command loads only what it runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -185,7 +186,7 @@ def _manifest_precheck(args: argparse.Namespace, requests: list) -> None:
     matched, checked = 0, []
     for req in {r.task: r for r in reversed(requests)}.values():
         try:
-            prepared = prepare(req)
+            prepared = prepare(dataclasses.replace(req, progress=False))
         except Exception as exc:
             if not isinstance(exc, failures.expected_types()) or "pretraining-manifest" in str(exc):
                 raise

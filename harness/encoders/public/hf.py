@@ -46,6 +46,10 @@ from harness.encoders.public.options import RouteOptions
 from harness.encoders.public.preprocessing import apply_overrides, describe, from_hf_processor
 
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+# a tokenizer's vocabulary as save_pretrained writes it (fast, BPE, WordPiece, SentencePiece); without one,
+# transformers builds an empty tokenizer instead of failing
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
 WEIGHT_PATTERNS = ("model*.safetensors", "pytorch_model*.bin")
 TEXT_ONLY_HINT = ("use it as the text side of the image+indication task: `harness submit IMAGE_SPEC --text-model "
                   "{dir} --tasks mimic-mm-cls`")
@@ -254,16 +258,12 @@ def _vision_tower(directory: Path, model: Any, card: Any, pooler: bool) -> Publi
 
 def _dual(directory: Path, model: Any, card: Any) -> HFDualText:
     import torch
-    from transformers import AutoTokenizer
 
-    from harness.encoders.weights import one_line
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SubmissionError(f"hf:{directory}: a dual encoder without a usable tokenizer there "
-                              f"({one_line(exc)[:160]}): its text tower cannot be scored; save the tokenizer "
-                              "into the directory (tokenizer.save_pretrained)") from None
+    tokenizer = local_tokenizer(directory, f"hf:{directory}: a dual encoder")
+    vocab = int(getattr(getattr(model.config, "text_config", None), "vocab_size", 0) or 0)
+    if vocab and len(tokenizer) > vocab:
+        raise SubmissionError(f"hf:{directory}: its tokenizer has {len(tokenizer)} tokens, the text model's "
+                              f"embeddings {vocab}: not the tokenizer of this model")
     model_type = str(getattr(model.config, "model_type", ""))
     kind = "siglip" if model_type.startswith("siglip") else "clip"
     vision = getattr(model, "vision_model", None)
@@ -287,6 +287,29 @@ def _dual(directory: Path, model: Any, card: Any) -> HFDualText:
     enc.max_length = int(getattr(text_cfg, "max_position_embeddings", 77) or 77)
     enc.padding = "max_length" if kind == "siglip" else "longest"
     return enc
+
+
+def local_tokenizer(directory: Path, what: str) -> Any:
+    """The tokenizer saved in ``directory``, offline; refused when its vocabulary files are not there.
+
+    Raises:
+        SubmissionError: no vocabulary file (``TOKENIZER_FILES``), or transformers cannot load it.
+    """
+    from transformers import AutoTokenizer
+
+    from harness.encoders.weights import one_line
+
+    hint = "its text tower cannot be scored; save the tokenizer into the directory (tokenizer.save_pretrained)"
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise SubmissionError(f"{what} without a usable tokenizer there (none of {', '.join(TOKENIZER_FILES)}): "
+                              f"{hint}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SubmissionError(f"{what} without a usable tokenizer there ({one_line(exc)[:160]}): {hint}") from None
+    if len(tokenizer) < 8:
+        raise SubmissionError(f"{what} without a usable tokenizer there (it has {len(tokenizer)} tokens): {hint}")
+    return tokenizer
 
 
 def build(directory: str, options: RouteOptions) -> PublicEncoder:
@@ -323,7 +346,7 @@ def build(directory: str, options: RouteOptions) -> PublicEncoder:
         base, source = Preprocess(image_size=int(options.preprocess["image_size"]), channels=channels,
                                   mean=(0.0,) * channels, std=(1.0,) * channels), "the options given"
     else:
-        base = from_hf_processor(proc, channels, model_size, str(proc_path))
+        base = from_hf_processor(proc, channels, model_size, str(proc_path), options.preprocess)
         source = proc_path.name
     preprocess = apply_overrides(base, options.preprocess, what)
     notes = [f"model {type(model).__name__}", f"preprocessing: {source} ({describe(base)})"

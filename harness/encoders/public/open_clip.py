@@ -120,8 +120,13 @@ def _local_text_dir(directory: Path | None, name: str, spec: str) -> Path:
                                                 *(directory / d for d in TEXT_DIRS)]
     if Path(name).expanduser().is_dir():
         candidates.insert(0, Path(name).expanduser())
+    from harness.encoders.public.hf import TOKENIZER_FILES
+
     for c in candidates:
         if (c / "config.json").is_file():
+            if not any((c / name).is_file() for name in TOKENIZER_FILES):
+                raise SubmissionError(f"open_clip:{spec}: the local text tower {c} has no tokenizer (none of "
+                                      f"{', '.join(TOKENIZER_FILES)}); save it there with tokenizer.save_pretrained")
             return c
     where = f"{directory}/{name.rstrip('/').split('/')[-1]}" if directory else "a local directory"
     raise SubmissionError(f"open_clip:{spec}: its text tower is the Hugging Face model {name!r}, which must be local: "

@@ -167,7 +167,8 @@ def _resample(value: Any, where: str) -> str:
                           "pass --resize-mode bilinear|bicubic|nearest to choose one")
 
 
-def from_hf_processor(cfg: dict[str, Any], channels: int, model_size: int | None, where: str) -> Preprocess:
+def from_hf_processor(cfg: dict[str, Any], channels: int, model_size: int | None, where: str,
+                      overrides: dict[str, Any] | None = None) -> Preprocess:
     """A Hugging Face image processor's config as a ``Preprocess``, field by field.
 
     ``do_resize`` + ``size`` (height/width, shortest_edge, longest_edge) + ``resample``;
@@ -175,14 +176,22 @@ def from_hf_processor(cfg: dict[str, Any], channels: int, model_size: int | None
     ``shortest_edge / crop_pct``, crop ``shortest_edge``); ``do_rescale`` + ``rescale_factor``
     (the pixel range); ``do_normalize`` + ``image_mean`` / ``image_std``.
 
+    A field the user overrides (``overrides``: ``--resize-mode``, ``--image-size`` + ``--crop-size``,
+    ``--mean`` + ``--std``) is not read, so an unsupported value there can be replaced.
+
     Raises:
         SubmissionError: a field the harness cannot reproduce (non-square sizes, a resampling
             filter other than nearest / bilinear / bicubic, padding), naming the field.
     """
-    if cfg.get("do_pad"):
+    o = dict(overrides or {})
+    sized = "image_size" in o
+    if cfg.get("do_pad") and not sized:
         raise SubmissionError(f"{where}: do_pad is true: padding is not reproduced by the harness; pass "
                               "--image-size / --crop-size to choose the input")
-    resize_mode = _resample(cfg.get("resample"), where)
+    resize_mode = o.get("resize_mode") or _resample(cfg.get("resample"), where)
+    if sized:
+        return make(where, int(o["image_size"]), channels, *_stats(cfg, channels, o, where), resize_mode=resize_mode,
+                    pixel_range=_pixel_range(cfg))
     size = _side(cfg.get("size"), "size", where) if cfg.get("do_resize", True) else None
     crop = _side(cfg.get("crop_size"), "crop_size", where) if cfg.get("do_center_crop", False) else None
     if cfg.get("crop_pct") is not None and size is not None and crop is None:
@@ -195,16 +204,28 @@ def from_hf_processor(cfg: dict[str, Any], channels: int, model_size: int | None
                               "pass --image-size")
     if crop is not None and crop > size:
         raise SubmissionError(f"{where}: crop_size {crop} is larger than size {size}")
-    scale = float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else 1.0
-    if cfg.get("do_normalize", True):
-        mean, std = cfg.get("image_mean"), cfg.get("image_std")
-        if mean is None or std is None:
-            raise SubmissionError(f"{where}: do_normalize is true but image_mean / image_std are not set; pass --mean "
-                                  "and --std")
-    else:
-        mean, std = 0.0, 1.0
+    mean, std = _stats(cfg, channels, o, where)
     return make(where, crop or size, channels, mean, std, resize_to=size if crop else None, resize_mode=resize_mode,
-                pixel_range=(0.0, 255.0 * scale))
+                pixel_range=_pixel_range(cfg))
+
+
+def _pixel_range(cfg: dict[str, Any]) -> tuple[float, float]:
+    """``do_rescale`` + ``rescale_factor``: what 255 becomes (1/255 -> [0, 1]; no rescale -> [0, 255])."""
+    scale = float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else 1.0
+    return 0.0, 255.0 * scale
+
+
+def _stats(cfg: dict[str, Any], channels: int, o: dict[str, Any], where: str) -> tuple[Any, Any]:
+    """``do_normalize`` + ``image_mean`` / ``image_std`` (or the user's ``--mean`` / ``--std``)."""
+    if "mean" in o and "std" in o:
+        return o["mean"], o["std"]
+    if not cfg.get("do_normalize", True):
+        return 0.0, 1.0
+    mean, std = cfg.get("image_mean"), cfg.get("image_std")
+    if mean is None or std is None:
+        raise SubmissionError(f"{where}: do_normalize is true but image_mean / image_std are not set; pass --mean "
+                              "and --std")
+    return mean, std
 
 
 # ------------------------------------------------------------------------------------------ open_clip
