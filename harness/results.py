@@ -114,7 +114,8 @@ class ResultRecord:
         return cls(
             method=run.method,
             method_card={"paper": run.card.paper, "pretraining_data": list(run.card.pretraining_data),
-                         "preprocess": run.card.preprocess.describe(), "notes": run.card.notes},
+                         # the preprocessing the encoder was fed with (its loaded card's, profile-dependent)
+                         "preprocess": ctx.preprocess.describe(), "notes": run.card.notes},
             capabilities=sorted(capabilities(ctx.encoder)),
             task=task.name, task_version=task.version, dataset=task.dataset,
             eval_dataset=task.eval_dataset or task.dataset, protocol=task.protocol,
