@@ -95,13 +95,6 @@ def size_source(overrides: dict[str, Any], default: str) -> str:
     return "--image-size" if "image_size" in overrides else default
 
 
-def tokens_to_grid(tokens: Any, grid: tuple[int, int]) -> Any:
-    """``(B, N, D)`` patch tokens (prefix tokens removed) checked against ``grid``."""
-    if tokens.shape[1] != grid[0] * grid[1]:
-        raise SubmissionError(f"{tokens.shape[1]} patch tokens do not fill a {grid} grid")
-    return tokens
-
-
 def map_to_regions(fmap: Any) -> Any:
     """A ``(B, C, h, w)`` feature map as ``(B, h*w, C)`` region features."""
     return fmap.flatten(2).transpose(1, 2)

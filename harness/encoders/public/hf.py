@@ -232,7 +232,7 @@ def _grid(config: Any, size: int, tokens: int) -> tuple[tuple[int, int], int] | 
     return None
 
 
-def _vision_tower(directory: Path, model: Any, card: Any, pooler: bool) -> PublicEncoder:
+def _vision_tower(model: Any, card: Any, pooler: bool) -> PublicEncoder:
     import torch
 
     p = card.preprocess
@@ -355,5 +355,5 @@ def build(directory: str, options: RouteOptions) -> PublicEncoder:
         notes.append("no pooler weights in the file: the CLS token is the global feature")
     card = card_for("hf", path.name, preprocess, options.pretraining_data, None, notes)
     dual = hasattr(model, "get_image_features") and hasattr(model, "get_text_features")
-    enc = _dual(path, model, card) if dual else _vision_tower(path, model, card, pooler)
+    enc = _dual(path, model, card) if dual else _vision_tower(model, card, pooler)
     return finish(enc, what, size_source(options.preprocess, source))

@@ -17,6 +17,7 @@ from torch import nn
 
 from harness.encoders.checkpoints import auto_prefix, fit_state, read_weights
 from harness.encoders.errors import SubmissionError
+from harness.encoders.preprocess import Preprocess
 from harness.encoders.public.encoder import PublicEncoder, card_for, finish, size_source
 from harness.encoders.public.options import RouteOptions
 from harness.encoders.public.preprocessing import apply_overrides, describe, from_torchvision
@@ -71,15 +72,9 @@ def build(name: str, options: RouteOptions) -> TorchvisionEncoder:
         if not {"image_size", "mean", "std"} <= set(options.preprocess):
             raise SubmissionError(f"{what}: torchvision declares no preprocessing for it; pass --image-size, --mean "
                                   "and --std") from None
-        base, source = apply_overrides(_placeholder(), {}), "the options given"
+        base, source = Preprocess(), "the options given"  # every field the options set replaces it below
     preprocess = apply_overrides(base, options.preprocess)
     notes = [*loaded.notes, f"preprocessing: {source} ({describe(base)})"
              + (f", overridden by {sorted(options.preprocess)}" if options.preprocess else "")]
     card = card_for("torchvision", name, preprocess, options.pretraining_data, options.weights, notes)
     return finish(TorchvisionEncoder(card, net), what, size_source(options.preprocess, source))
-
-
-def _placeholder() -> Any:
-    from harness.encoders.preprocess import Preprocess
-
-    return Preprocess()

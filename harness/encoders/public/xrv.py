@@ -64,7 +64,8 @@ def names() -> list[str]:
     """Every NAME the route takes: torchxrayvision's weight names and the architectures."""
     import torchxrayvision as xrv
 
-    return sorted({k for k in xrv.models.model_urls if not k.startswith(("101-", "chex"))} | set(ARCHITECTURES))
+    # model_urls holds the DenseNet and ResNet classifiers (the autoencoders and baseline models live elsewhere)
+    return sorted(set(xrv.models.model_urls) | set(ARCHITECTURES))
 
 
 def _architecture(name: str) -> tuple[str, int]:
