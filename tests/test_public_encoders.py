@@ -369,3 +369,13 @@ def test_leaderboard_of_public_encoders(formats, tmp_path, capsys):
              str(tmp_path / "r"), "--pretraining-data", "mock:all"], capsys)
     render_all(tmp_path / "r", tmp_path / "lb")
     assert "| rad-dino-leaky ⚠ |" in (tmp_path / "lb" / "synthetic" / "mock.md").read_text()
+
+
+def test_directory_specs_travel_as_absolute_paths(formats, monkeypatch):
+    """A job started in another folder finds the directory; the identity names the model, not where it lies."""
+    from harness.encoders.submission import submission_identity, submission_spec
+
+    monkeypatch.chdir(formats["dir"])
+    spec = submission_spec("hf:rad-dino")
+    assert json.loads(spec)["arch"] == f"hf:{formats['rad-dino'].resolve()}"
+    assert json.loads(submission_identity(spec)) == {"arch": "hf:rad-dino", "pretraining_data": []}

@@ -61,7 +61,7 @@ from harness.encoders import MethodCard, capabilities
 from harness.encoders.check import check_encoder
 from harness.encoders.errors import SubmissionError
 from harness.encoders.provenance import check_pretraining_data
-from harness.encoders.public import is_adapter_spec, public_encoder
+from harness.encoders.public import is_adapter_spec, library_of, public_encoder
 from harness.encoders.public.options import PREPROCESS_OPTIONS, RouteOptions
 from harness.encoders.weights import one_line
 from harness.registry import resolve_target
@@ -206,7 +206,8 @@ def submission_spec(spec: str | None, arch: str | None = None, weights: str | No
     extra = {"text_model": text_model} if text_model else {}
     if arch or weights or is_adapter_spec(spec):
         data = check_pretraining_data(tuple(pretraining_data or ()), "--pretraining-data")
-        parts: dict[str, Any] = {"arch": arch or spec, "weights": str(Path(weights).resolve()) if weights else None,
+        parts: dict[str, Any] = {"arch": _absolute(arch or spec),
+                                 "weights": str(Path(weights).resolve()) if weights else None,
                                  "pretraining_data": list(data)}
         if checkpoint_key:
             parts["checkpoint_key"] = checkpoint_key
@@ -226,12 +227,30 @@ def submission_spec(spec: str | None, arch: str | None = None, weights: str | No
     return json.dumps({"spec": str(spec), **extra}) if extra else str(spec)
 
 
+def _absolute(arch: str | None) -> str | None:
+    """``hf:DIR`` / ``open_clip:DIR`` with DIR absolute, so that a job started elsewhere finds it."""
+    library = library_of(arch)
+    if library is None or arch is None:
+        return arch
+    name = arch.split(":", 1)[1]
+    path = Path(name).expanduser()
+    return f"{library}:{path.resolve()}" if path.is_dir() else arch
+
+
+def _arch_identity(arch: str) -> str:
+    """A model directory's route by its folder's name: where it lies is not what it is (its weights hash is)."""
+    library = library_of(arch)
+    if library in ("hf", "open_clip") and Path(arch.split(":", 1)[1]).is_absolute():
+        return f"{library}:{Path(arch.split(':', 1)[1]).name}"
+    return arch
+
+
 def submission_identity(submission: str) -> str:
     """What was submitted, without where the weights file lies (their content is the weights hash)."""
     if submission.startswith("{"):
         parts = json.loads(submission)
         out: dict[str, Any] = ({"spec": parts["spec"]} if "spec" in parts else
-                               {"arch": parts["arch"], **_route_options(parts).identity()})
+                               {"arch": _arch_identity(parts["arch"]), **_route_options(parts).identity()})
         if not parts.get("pretraining_data") and "arch" in out:
             out["pretraining_data"] = []
         if parts.get("text_model"):
