@@ -65,6 +65,8 @@ class RunInfo:
     wall_time_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     argv: list[str] | None = None  # the command line that asked for the run (None: the Python API)
+    embedding_fingerprint: dict[str, Any] | None = None  # harness.encoders.fingerprint
+    pretraining_overlap: dict[str, Any] | None = None  # counts of a --pretraining-manifest's overlap
 
 
 @dataclass
@@ -105,6 +107,12 @@ class ResultRecord:
     dataset_fingerprint: str  # with world: the data's identity, part of the file name (data_fingerprint)
     world: dict[str, Any] | str
     argv: list[str] | None  # the exact command that made it (RunInfo.argv); None: the Python API
+    # the encoder's outputs on the shipped reference batch, hashed (harness.encoders.fingerprint): the same
+    # model with the same preprocessing gives the same value; None in records written before it existed
+    embedding_fingerprint: dict[str, Any] | None = None
+    # a submission's --pretraining-manifest: patients of each split the weights saw (counts only, never ids),
+    # the manifest's sha256 and whether --allow-overlap let an overlap be scored; None without a manifest
+    pretraining_overlap: dict[str, Any] | None = None
 
     @classmethod
     def of_run(cls, ctx: Any, result: Any, run: RunInfo) -> ResultRecord:
@@ -115,7 +123,9 @@ class ResultRecord:
         task, data = ctx.task, ctx.data
         return cls(
             method=run.method,
-            method_card={"paper": run.card.paper, "pretraining_data": list(run.card.pretraining_data)},
+            method_card={"paper": run.card.paper, "pretraining_data": list(run.card.pretraining_data),
+                         # the preprocessing the encoder was fed with (its loaded card's, profile-dependent)
+                         "preprocess": ctx.preprocess.describe(), "notes": run.card.notes},
             capabilities=sorted(capabilities(ctx.encoder)),
             task=task.name, task_version=task.version, dataset=task.dataset,
             eval_dataset=task.eval_dataset or task.dataset, protocol=task.protocol,
@@ -133,6 +143,7 @@ class ResultRecord:
             wall_time_s=run.wall_time_s, timings=run.timings, split_sha256=data.split_sha256,
             weights_sha256=ctx.weights_sha256, dataset_fingerprint=data.dataset_fingerprint, world=run.world,
             argv=list(run.argv) if run.argv is not None else None,
+            embedding_fingerprint=run.embedding_fingerprint, pretraining_overlap=run.pretraining_overlap,
         )
 
     def to_dict(self) -> dict[str, Any]:

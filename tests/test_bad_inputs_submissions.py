@@ -118,10 +118,12 @@ WEIGHT_CASES = {
     "whole pickled model": (lambda f, t: torch.save(_timm(), t / "w.pt") or t / "w.pt",
                             "refused: not a plain tensor file: it pickles "
                             "timm.models.vision_transformer.VisionTransformer, so loading it would execute code"),
-    "training checkpoint": (lambda f, t: torch.save({"model": _state(_timm()), "optimizer": {"state": {}},
+    # a "model" / "state_dict" / "teacher" section is read (tests/test_checkpoints.py); a section of another name
+    # cannot be guessed
+    "training checkpoint": (lambda f, t: torch.save({"weights_ema": _state(_timm()), "optimizer": {"state": {}},
                                                      "epoch": 3}, t / "w.pt") or t / "w.pt",
-                            "expected a state dict of tensors; entry 'model' is dict; it looks like a training "
-                            "checkpoint with sections ['model', 'optimizer']"),
+                            "expected a state dict of tensors; entry 'weights_ema' is dict; it looks like a training "
+                            "checkpoint with sections ['weights_ema', 'optimizer']: pass --checkpoint-key SECTION"),
     "a folder": (lambda f, t: (t / "w.pt").mkdir() or t / "w.pt", "is a folder; pass the weights file inside it"),
 }
 
@@ -173,9 +175,11 @@ def test_weights_of_another_width(tmp_path, capsys):
 def test_a_vit_of_a_fixed_size_refuses_the_preprocessing_size(tmp_path, capsys):
     path = tmp_path / "vit3.safetensors"
     save_file(_state(_timm("test_vit3")), str(path))  # built for 160 px, strictly
-    line = cli_error(["submit", "timm:test_vit3", "--weights", str(path), "--name", "vit3", *RUN], capsys)
-    assert line == ("harness: error: timm:test_vit3 refuses a (1, 3, 224, 224) input, 224 px as the harness "
-                    "preprocesses for timm models: AssertionError: Input height (224) doesn't match model (160).")
+    # its own size (timm's pretrained_cfg: 160 px) is the default now; another one is refused, naming where it came from
+    line = cli_error(["submit", "timm:test_vit3", "--weights", str(path), "--name", "vit3", "--image-size", "224",
+                      *RUN, "--results", str(tmp_path / "r")], capsys)
+    assert line == ("harness: error: timm:test_vit3 refuses a (1, 3, 224, 224) input, 224 px as --image-size "
+                    "says: AssertionError: Input height (224) doesn't match model (160).")
 
 
 class _Wrapped(torch.nn.Module):

@@ -1,6 +1,8 @@
 """Safe loading: nothing on disk can run code, and no cache is trusted without being checked.
 
-- No ``torch.load`` without ``weights_only=True``, no ``pickle.load(s)``, no
+- No ``torch.load`` without ``weights_only=True`` (but for the restricted unpickler of
+  ``harness.encoders.unpickle``, whose ``pickle_module`` turns every other global into an inert
+  placeholder), no ``pickle.load(s)``, no
   ``np.load(allow_pickle=True)``, no ``yaml.load`` / ``unsafe_load`` anywhere in the
   harness or the baselines (a source scan).
 - One test per cache that a damaged copy is rebuilt, never used: the image cache and the
@@ -44,7 +46,11 @@ def test_no_loader_in_the_code_can_execute_code():
         tree = ast.parse(path.read_text(), filename=str(path))
         for call, func in _calls(tree):
             where = f"{path.relative_to(ROOT)}:{call.lineno}: {func}"
-            if func.endswith("torch.load") and _kw(call, "weights_only") != "True":
+            if func.endswith("torch.load") and _kw(call, "weights_only") != "True" and not (
+                    # the one exception: the restricted unpickler, where every global outside torch's own
+                    # allowlist is an inert placeholder (tests/test_checkpoints.py proves nothing runs)
+                    path.relative_to(ROOT).as_posix() == "harness/encoders/unpickle.py"
+                    and _kw(call, "pickle_module") == "module"):
                 unsafe.append(where + " without weights_only=True")
             elif func in ("pickle.load", "pickle.loads", "cloudpickle.load", "dill.load"):
                 unsafe.append(where)

@@ -9,6 +9,7 @@ handlers, so a command loads only what it runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -172,36 +173,105 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0 if report.ok else 2  # 0 only when a run could use the data: present and no problem
 
 
+def _preprocess_options(args: argparse.Namespace) -> dict:
+    """The preprocessing overrides given on the command line (``harness.encoders.public.options``)."""
+    given = {"image_size": args.image_size, "crop_size": args.crop_size, "channels": args.channels,
+             "mean": args.mean, "std": args.std, "pixel_range": args.pixel_range, "resize_mode": args.resize_mode}
+    return {k: (list(v) if isinstance(v, list | tuple) else v) for k, v in given.items() if v is not None}
+
+
+def _print_check(name: str, method, tasks: list) -> None:
+    """What ``submit --check`` shows: capabilities, preprocessing, fingerprint, what was read, the tasks."""
+    from harness.encoders.public.preprocessing import describe
+
+    fp = method.fingerprint()
+    print(f"{name}: checks passed; capabilities {sorted(method.card.capabilities)}")
+    print(f"  preprocessing: {describe(method.card.preprocess)}")
+    print(f"  embedding fingerprint: {fp['sha256']} (image {fp['image']}"
+          + (f", text {fp['text']}" if fp["text"] else "") + f"; {fp['batch']}; {fp['rounding']})")
+    print(f"  weights sha256: {method.weights_sha256()}")
+    if method.card.notes:
+        print(f"  read: {method.card.notes}")
+    print(f"  would score: {[t.name for t in tasks]}")
+
+
+def _manifest_precheck(args: argparse.Namespace, requests: list) -> None:
+    """Compute the manifest's overlap with every task before any job; refuse a leak unless --allow-overlap.
+
+    ``prepare`` does the counting (and the refusal) for each task's first run; a manifest that
+    matches no id of any task's data is refused here, as a manifest of the wrong ids.
+    """
+    from harness.dispatch import failures
+    from harness.dispatch.runner import prepare
+    from harness.encoders.errors import SubmissionError
+    from harness.encoders.manifest import read_manifest
+
+    manifest = read_manifest(args.pretraining_manifest)  # a missing or empty file: one line before any data
+    matched, checked = 0, []
+    for req in {r.task: r for r in reversed(requests)}.values():
+        try:
+            prepared = prepare(dataclasses.replace(req, progress=False))
+        except Exception as exc:
+            if not isinstance(exc, failures.expected_types()) or "pretraining-manifest" in str(exc):
+                raise
+            continue  # data this task needs is absent: its runs report that themselves
+        matched += prepared.overlap["matched_ids"]
+        checked.append(req.task)
+    if checked and matched == 0:
+        raise SubmissionError(f"--pretraining-manifest {args.pretraining_manifest}: none of its {manifest.n_ids} "
+                              f"ids is an image, study or patient id of the data of {checked}: check the ids "
+                              "(one per line, or a CSV column image_id / study_id / patient_id)")
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     """Check the submission (name, pretraining data, encoder, capabilities) before any job, then score it.
 
+    With ``--check`` it stops after the checks and prints what a run would use (``_print_check``).
     One failing run stops nothing: it is printed with its reason, gets a failure record
     (``harness.dispatch.failures``) and makes the exit code 1.
     """
     from harness.dispatch import failures
     from harness.dispatch.runner import RunRequest, execute, load_method
+    from harness.encoders.errors import SubmissionError
     from harness.encoders.submission import (
         capable_tasks,
         check_name,
+        check_text_model,
         ensure_registered,
         refuse_earlier_submission,
         register_plugins,
         submission_spec,
+        text_model_tasks,
     )
 
     check_name(args.name)
-    spec = submission_spec(args.spec, args.arch, args.weights, args.pretraining_data)
+    text_model = check_text_model(args.text_model) if args.text_model else None
+    spec = submission_spec(args.spec, args.arch, args.weights, args.pretraining_data,
+                           checkpoint_key=args.checkpoint_key, key_prefix=args.key_prefix,
+                           preprocess=_preprocess_options(args), text_model=text_model)
+    if args.allow_overlap and not args.pretraining_manifest:
+        raise SubmissionError("--allow-overlap goes with --pretraining-manifest FILE (it allows what the manifest's "
+                              "overlap would refuse)")
     register_plugins()  # installed plugins' names are taken, like the built-in methods'
     ensure_registered(args.name, spec)
     method = load_method(args.name)  # builds and checks the encoder
     caps = set(method.card.capabilities)
     tasks = capable_tasks(caps, args.tasks, args.tasks_dir)
+    if text_model and not text_model_tasks(tasks):
+        raise SubmissionError(f"--text-model is the text side of the image+indication task; none of "
+                              f"{[t.name for t in tasks]} takes a text model (add --tasks mimic-mm-cls)")
+    if args.check:
+        _print_check(args.name, method, tasks)
+        return 0
     refuse_earlier_submission(args.name, args.results, method)
     print(f"{args.name}: capabilities {sorted(caps)}; scoring on {[t.name for t in tasks]}")
     requests = [RunRequest(method=args.name, task=t.name, fraction=f, seed=s, profile=args.profile,
                            data_root=args.data_root, results_dir=args.results, save_predictions=args.save_predictions,
-                           device=args.device, progress=not args.quiet, tasks_dir=args.tasks_dir, submission=spec)
+                           device=args.device, progress=not args.quiet, tasks_dir=args.tasks_dir, submission=spec,
+                           pretraining_manifest=args.pretraining_manifest, allow_overlap=args.allow_overlap)
                 for t in tasks for f in (args.fractions or t.fractions) for s in (args.seeds or t.seeds)]
+    if args.pretraining_manifest:
+        _manifest_precheck(args, requests)
     if args.executor != "debug":
         return _dispatched(requests, args)
     failed = []
@@ -224,6 +294,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_convert_weights(args: argparse.Namespace) -> int:
+    """``harness convert-weights FILE --out OUT.safetensors``: the weights of any checkpoint, flat, code never run."""
+    from harness.encoders.checkpoints import convert
+
+    n, notes = convert(args.file, args.out, args.checkpoint_key, args.key_prefix)
+    print(f"wrote {args.out}: {n} tensors" + (f" ({'; '.join(notes)})" if notes else ""))
+    print(f"submit it with: python -m harness submit LIBRARY:NAME --weights {args.out} --name NAME")
+    return 0
+
+
 def cmd_regress(args: argparse.Namespace) -> int:
     """``harness regress``: records against published (or reference) numbers; 1 when one falls outside."""
     from harness.reporting.regress import run_regress
@@ -241,5 +321,5 @@ def cmd_regress(args: argparse.Namespace) -> int:
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "ls": cmd_ls, "validate": cmd_validate, "leaderboard": cmd_leaderboard, "compare": cmd_compare,
     "data": cmd_data, "export": cmd_export, "regress": cmd_regress, "submit": cmd_submit, "sweep": run_sweep,
-    "bench": cmd_bench,
+    "bench": cmd_bench, "convert-weights": cmd_convert_weights,
 }

@@ -154,19 +154,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(sub, "submit", "score your own encoder on every task it is capable of, like the baselines", """
         python -m harness submit examples.my_encoder:build --name my-enc --tasks mock --profile smoke
+        python -m harness submit hf:~/models/rad-dino --name rad-dino --pretraining-data mimic-cxr:train
+        python -m harness submit open_clip:~/models/biomedclip --name biomedclip --check
+        python -m harness submit open_clip:ViT-B-32-quickgelu --weights chexzero.pt --name chexzero \\
+            --pixel-range 0 255 --mean 101.48761 --std 83.43944
+        python -m harness submit xrv:densenet121-res224-all --weights xrv-all.pt --name xrv-all
+        python -m harness submit torchvision:resnet50 --weights moco_v2_800ep.pth.tar \\
+            --key-prefix module.encoder_q. --name moco-v2 --pretraining-data imagenet:train
         python -m harness submit --arch resnet50 --weights my_weights.safetensors --name my-r50
-        python -m harness submit my_pkg.encoders:build --name my-enc --fractions 0.1 1 --seeds 0
     """)
-    p.add_argument("spec", nargs="?", default=None, help="package.module:factory returning the encoder")
+    p.add_argument("spec", nargs="?", default=None,
+                   help="package.module:factory | a plugin name | timm:NAME | torchvision:NAME | torchxrayvision:NAME "
+                        "| hf:DIR | open_clip:DIR | open_clip:ARCH")
     p.add_argument("--name", required=True, help="the name it gets on the leaderboard: letters, digits, . _ + -; "
                                                   "not a built-in method's, nor an earlier different submission's")
     p.add_argument("--arch", default=None, help="with --weights: resnet18 | resnet50 | vit_tiny | efficientnet_lite0 "
                                                 "| timm:NAME | torchvision:NAME")
-    p.add_argument("--weights", default=None, help=".safetensors (or a plain torch state dict; pickles are refused)")
+    p.add_argument("--weights", default=None, help=".safetensors or a torch file read weights-only (state dict, "
+                                                   "checkpoint, Lightning .ckpt); code in a pickle is never run")
+    p.add_argument("--checkpoint-key", default=None, metavar="SECTION",
+                   help="the checkpoint section holding the weights (dotted; default: the first of state_dict, "
+                        "model, teacher, encoder, ...)")
+    p.add_argument("--key-prefix", default=None, metavar="PREFIX",
+                   help="keep only the keys under this prefix, without it (e.g. module.encoder_q.)")
+    _add_preprocessing(p)
     p.add_argument("--pretraining-data", nargs="+", default=None, metavar="DATASET:SPLIT",
-                   help="with --weights: what the weights saw, for the leakage flag: a harness dataset or "
+                   help="with a public encoder: what the weights saw, for the leakage flag: a harness dataset or "
                         "imagenet, imagenet-21k, laion, ... (harness.encoders.provenance), split train|val|test|all "
                         "(e.g. mimic-cxr:train imagenet:train); default: unknown")
+    p.add_argument("--pretraining-manifest", default=None, metavar="FILE",
+                   help="the image, study or patient ids the weights were trained on (text or CSV): the patient "
+                        "overlap with each task's validation and test sets is computed locally (counts only)")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="score even where the manifest overlaps a task's validation or test patients (the record "
+                        "and the leaderboard row say so)")
+    p.add_argument("--text-model", default=None, metavar="DIR",
+                   help="a local BERT-style Hugging Face directory: the text side of the image+indication task "
+                        "(mimic-mm-cls)")
+    p.add_argument("--check", action="store_true",
+                   help="build and check the encoder, print its capabilities, preprocessing and embedding "
+                        "fingerprint, and the tasks it would be scored on; score nothing")
     p.add_argument("--tasks", nargs="+", default=None, help="default: every task it is capable of (not mock)")
     p.add_argument("--fractions", nargs="+", type=float, default=None, help="default: each task's own list")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: each task's own list")
@@ -191,9 +218,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regenerate-reference", action="store_true",
                    help="rerun the CI reference suite and rewrite leaderboards/reference/ (on purpose only)")
 
+    p = _sub(sub, "convert-weights", "rewrite a checkpoint or a whole pickled model as a flat safetensors file, "
+                                     "without running any of its code", """
+        python -m harness convert-weights xrv-densenet.pt --out xrv-densenet.safetensors
+        python -m harness convert-weights dino_checkpoint.pth --checkpoint-key teacher --key-prefix backbone. \\
+            --out dino-teacher.safetensors
+    """)
+    p.add_argument("file", help="the checkpoint (.pt, .pth, .ckpt, .bin) or a whole pickled model")
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.add_argument("--checkpoint-key", default=None, metavar="SECTION", help="the section holding the weights")
+    p.add_argument("--key-prefix", default=None, metavar="PREFIX", help="keep only the keys under this prefix")
+
     _add_sweep(sub)
     _add_bench(sub)
     return parser
+
+
+def _add_preprocessing(p: argparse.ArgumentParser) -> None:
+    """The preprocessing overrides of a public encoder (default: the architecture's own configuration)."""
+    g = p.add_argument_group("preprocessing (public encoders; default: the architecture's own configuration)")
+    g.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="resize the square image to N px (without --crop-size: the model's input size)")
+    g.add_argument("--crop-size", type=int, default=None, metavar="N", help="then centre-crop N px (the model input)")
+    g.add_argument("--channels", type=int, choices=(1, 3), default=None, help="1 (grey) or 3 (grey repeated)")
+    g.add_argument("--mean", type=float, nargs="+", default=None, metavar="M", help="one value, or one per channel")
+    g.add_argument("--std", type=float, nargs="+", default=None, metavar="S", help="one value, or one per channel")
+    g.add_argument("--pixel-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="what pixel values 0 and 255 become before mean/std (default 0 1; torchxrayvision -1024 "
+                        "1024; 0 255 for raw pixel values)")
+    g.add_argument("--resize-mode", choices=("bilinear", "bicubic", "nearest"), default=None)
 
 
 def _add_sweep(sub) -> None:

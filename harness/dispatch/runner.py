@@ -72,6 +72,10 @@ class RunRequest:
     pretrain_on: str | None = None
     # the command line that asked for this run (run, sweep or submit), travelling with the request to its job
     argv: list[str] | None = field(default_factory=invocation)
+    # the ids the submitted weights were trained on (submit --pretraining-manifest): their patient overlap with
+    # the task's val / test split is counted, and refused unless allow_overlap
+    pretraining_manifest: str | None = None
+    allow_overlap: bool = False
 
 
 @dataclass
@@ -135,6 +139,7 @@ class Prepared:
     timings: dict[str, float]
     pretrain_on: str | None = None  # another dataset to pretrain on (validated), None: the task's
     world: dict[str, Any] | str | None = None  # the record's ``world`` (``harness.data.sources.data_world``)
+    overlap: dict[str, Any] | None = None  # counts of the pretraining manifest's overlap (``encoders.manifest``)
 
     def pretraining_data(self) -> Any:
         """The rows the method pretrains on: the task's training split, or ``pretrain_on``'s.
@@ -203,7 +208,39 @@ def prepare(req: RunRequest) -> Prepared:
         return check_pretraining(rows, data, f"the training split of {name}")
 
     return Prepared(task=task, method=method, protocol=protocol, profile=profile, config=config, device=device,
-                    data=data, load_source=load_source, timings=timings, pretrain_on=pretrain_on, world=world)
+                    data=data, load_source=load_source, timings=timings, pretrain_on=pretrain_on, world=world,
+                    overlap=manifest_overlap(req, task, data))
+
+
+def manifest_overlap(req: RunRequest, task: TaskSpec, data: Any) -> dict[str, Any] | None:
+    """The pretraining manifest's patient overlap with the task (counts only), or None without a manifest.
+
+    Raises:
+        RunError: the manifest covers validation or test patients and ``allow_overlap`` is not set.
+    """
+    if not req.pretraining_manifest:
+        return None
+    from harness.encoders.manifest import leaks, overlap, read_manifest
+
+    counts = {**overlap(read_manifest(req.pretraining_manifest), data), "allowed": bool(req.allow_overlap)}
+    if leaks(counts) and not req.allow_overlap:
+        raise RunError(f"--pretraining-manifest {req.pretraining_manifest}: the weights were trained on "
+                       f"{counts['val_patients']} of the {counts['val_patients_total']} validation and "
+                       f"{counts['test_patients']} of the {counts['test_patients_total']} test patients of "
+                       f"{task.name}: its scores would be inflated; pass --allow-overlap to score it anyway (the "
+                       "record and the leaderboard row then say so)")
+    return counts
+
+
+def protocol_args(p: Prepared) -> dict[str, Any]:
+    """The task's protocol arguments for the profile, with a submission's own (``--text-model``) where declared."""
+    from harness.protocols.args import declared
+
+    args = p.task.args_for(p.profile)
+    decl = declared(p.task.protocol)
+    own = {k: v for k, v in (getattr(p.method, "protocol_args", None) or {}).items()
+           if decl is not None and k in decl.args}
+    return {**args, **own}
 
 
 def pretrain_only(req: RunRequest) -> Path | None:
@@ -222,6 +259,7 @@ def pretrain_only(req: RunRequest) -> Path | None:
 def execute(req: RunRequest) -> RunOutcome:
     """Run one (method, task, fraction, seed) and write its record. See the module docstring."""
     from harness.cohort import label_fraction
+    from harness.encoders.fingerprint import embedding_fingerprint
     from harness.features import extraction_seconds, weights_sha256
     from harness.metrics.paired import kept
     from harness.protocols.base import EvalContext, evaluate
@@ -240,8 +278,9 @@ def execute(req: RunRequest) -> RunOutcome:
     if hasattr(encoder, "to"):
         encoder = encoder.to(p.device)
     sha = weights_sha256(encoder)  # once: the feature cache key and the frozen guard's reference
+    fingerprint = embedding_fingerprint(encoder, p.device)  # before the protocol: the encoder as loaded
 
-    args = p.task.args_for(p.profile)
+    args = protocol_args(p)
     workdir = cache_root() / "runs" / config_hash([req.method, sha, p.task.name, p.task.version, req.fraction,
                                                     req.seed, args])[:20]
     workdir.mkdir(parents=True, exist_ok=True)
@@ -258,7 +297,8 @@ def execute(req: RunRequest) -> RunOutcome:
     run = results.RunInfo(method=req.method, card=p.method.card, config=p.config,
                           pretrain={"cache_key": key, "cache_hit": hit, "dataset": train.dataset}, world=p.world,
                           started_at=started.isoformat(timespec="seconds"), wall_time_s=time.perf_counter() - t0,
-                          timings=p.timings, argv=req.argv)
+                          timings=p.timings, argv=req.argv, embedding_fingerprint=fingerprint,
+                          pretraining_overlap=p.overlap)
     rec = results.ResultRecord.of_run(ctx, result, run).to_dict()
     # always what the paired bootstrap of the main metric needs; everything with --save-predictions
     path = results.write_record(req.results_dir, rec, kept(result.predictions, req.save_predictions))

@@ -12,9 +12,15 @@ what it can do by the methods it has and carries a card saying how to feed it.
 ``method``                    ``Method`` (``pretrain`` / ``load``) and ``PretrainRequest``
 ``check``                     ``check_encoder``: shapes, NaN, determinism, one shared space
 ``submission``                a user's encoder as a registered method (``harness submit``)
-``public``                    timm / torchvision / torchxrayvision models with local weights
-``weights``                   reading weights files safely, by their content
+``public``                    public encoders from local files, one module per family:
+                              timm, torchvision, torchxrayvision, Hugging Face, open_clip
+``weights``                   what a weights file is, read from its bytes
+``checkpoints``               a checkpoint's weights: sections, prefixes, fitting a model,
+                              ``convert-weights``
+``unpickle``                  reading torch pickles with every foreign global inert
+``fingerprint``               the embedding fingerprint on the shipped reference batch
 ``provenance``                ``--pretraining-data`` values (the leakage flag's input)
+``manifest``                  ``--pretraining-manifest``: patient overlap with a task, counted
 ============================  ============================================================
 
 The names below are the seam's public face; the heavier modules (submission, public,

@@ -17,8 +17,6 @@ Kinds (``Sniffed.kind``): ``safetensors``, ``torch-zip`` (``torch.save``),
 from __future__ import annotations
 
 import json
-import pickle
-import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,80 +161,26 @@ def _check_format(path: Path) -> str:
     return found.kind
 
 
-def _torch_load(path: Path, kind: str) -> Any:
-    import warnings
-
-    import torch
-
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols: noise next to our one line
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except (EOFError, RuntimeError) as exc:
-        if isinstance(exc, RuntimeError) and "EOF" not in str(exc):  # torch words a cut file "unexpected EOF"
-            what = "pickle" if kind == "pickle" else "torch.save archive"
-            raise SubmissionError(f"weights file {path} is a damaged {what} ({one_line(exc)[:160]}); save it again"
-                                  ) from None
-        raise _refuse(path, f"{'a truncated pickle' if kind == 'pickle' else 'truncated'} (cut off in a copy or "
-                            "download?)") from None
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f"it pickles {found.group(1)}, so loading it would execute code" if found else \
-            "loading it would execute code"
-        raise SubmissionError(f"{path}: refused: not a plain tensor file: {what}. Save the weights with safetensors "
-                              "or torch.save(model.state_dict())") from None
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise SubmissionError(f"{path}: refused: not a plain tensor file ({one_line(exc)[:160]}). Save the weights "
-                              "with safetensors or torch.save(model.state_dict())") from None
-
-
-def _tensors_only(path: Path, state: Any) -> dict[str, Any]:
-    """``state`` (or its ``state_dict`` section) when every value is a tensor, else a SubmissionError."""
-    import torch
-
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise SubmissionError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
-    bad = next(((k, v) for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
-    if bad is not None:
-        sections = [str(k) for k, v in state.items() if isinstance(v, dict)]
-        hint = (f"; it looks like a training checkpoint with sections {sections[:4]}: save only the model's "
-                "state_dict()") if sections else ""
-        raise SubmissionError(f"{path}: expected a state dict of tensors; entry {str(bad[0])!r} is "
-                              f"{type(bad[1]).__name__}{hint}")
-    return state
-
-
-def load_state_dict(path: str | Path) -> dict[str, Any]:
-    """Tensors from a safetensors file, or a torch file loaded with ``weights_only=True``.
+def load_state_dict(path: str | Path, checkpoint_key: str | None = None, key_prefix: str | None = None
+                    ) -> dict[str, Any]:
+    """Tensors from a safetensors file, or a torch file read weights-only (``harness.encoders.checkpoints``).
 
     The format is read from the content (``harness.encoders.weights.sniff``), and must agree
     with the extension: ``.safetensors`` holds safetensors, ``.pt``/``.pth``/``.bin``/``.ckpt``
-    torch (other names load by content).
+    torch (other names load by content). A checkpoint's weights section (``state_dict``,
+    ``model``, ``teacher``, ...; or ``checkpoint_key``) is taken, wrapper prefixes (``module.``)
+    are stripped, and ``key_prefix`` keeps one sub-model.
 
     Raises:
         SubmissionError: one line naming the file and what it is: missing, a folder, empty,
             truncated, another format than its name says (a torch zip named ``.safetensors``,
             safetensors named ``.pt``), not weights at all (text, an HTML page, a Git LFS
             pointer, TorchScript, NumPy, HDF5, gzip), a pickle that would execute code
-            (refused before any of it runs), or not a mapping of tensors.
+            (refused before any of it runs), a whole pickled model, or not a mapping of tensors.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise SubmissionError(f"weights file {path} is a folder; pass the weights file inside it (.safetensors, "
-                              ".pt, .pth or .bin)")
-    if not path.is_file():
-        raise SubmissionError(f"weights file {path} does not exist")
-    kind = _check_format(path)
-    if kind == "safetensors":
-        from safetensors.torch import load_file
+    from harness.encoders.checkpoints import read_weights
 
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types; say it in one line
-            raise _refuse(path, f"a damaged safetensors file ({' '.join(str(exc).split())[:160]})") from None
-    return _tensors_only(path, _torch_load(path, kind))
+    return read_weights(path, checkpoint_key, key_prefix).tensors
 
 
 def one_line(exc: BaseException) -> str:
