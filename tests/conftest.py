@@ -24,6 +24,21 @@ except ImportError:  # pragma: no cover
     pass
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _submissions_stay_in_their_module():
+    """``harness submit`` adds the submitted encoder to METHODS for the rest of its process; a test
+    module calling ``main(["submit", ...])`` in-process would leave its names (``moco-r18``) to the
+    next module, which a user's separate processes never see. Restore the registry after each module."""
+    from harness.catalog import METHODS
+    from harness.encoders import submission
+
+    objects, lazy, submitted = dict(METHODS._objects), dict(METHODS._lazy), dict(submission._SUBMITTED)
+    yield
+    for saved, live in ((objects, METHODS._objects), (lazy, METHODS._lazy), (submitted, submission._SUBMITTED)):
+        live.clear()
+        live.update(saved)
+
+
 @pytest.fixture(scope="session")
 def session_cache() -> Path:
     return _SESSION_CACHE

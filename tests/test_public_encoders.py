@@ -49,6 +49,17 @@ def nih_world(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def retrieval_world(tmp_path_factory) -> Path:
+    """MIMIC-CXR and OpenI with more than ten test studies each: Recall@10, and so r_mean, is not measurable
+    on a gallery of ten or fewer pairs, and the retrieval tasks refuse it there."""
+    from harness.synth import write_world
+
+    root = tmp_path_factory.mktemp("retrieval-world")
+    write_world(root, scale=0.3, seed=1, sources=("mimic", "openi"), progress=False)
+    return root
+
+
 def _records(results: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(results.rglob("*.json")) if "failed" not in p.parts]
 
@@ -136,9 +147,9 @@ def test_dual_encoders_share_one_space(kind, formats):
 
 
 @pytest.mark.slow
-def test_clip_directory_scores_on_retrieval(formats, corpus_world, tmp_path, capsys):
+def test_clip_directory_scores_on_retrieval(formats, retrieval_world, tmp_path, capsys):
     out = _submit([f"hf:{formats['clip']}", "--name", "clip-tiny", "--tasks", "mimic-retrieval", *RUN,
-                   "--data-root", str(corpus_world), "--results", str(tmp_path / "r")], capsys)
+                   "--data-root", str(retrieval_world), "--results", str(tmp_path / "r")], capsys)
     assert "clip-tiny: capabilities ['image', 'image_regions', 'localization', 'text', 'trainable']" in out
     [rec] = _records(tmp_path / "r")
     assert rec["task"] == "mimic-retrieval" and 0 <= rec["metrics"]["r_mean"] <= 1
@@ -195,7 +206,7 @@ def test_biomedclip_features_are_open_clips(formats):
 
 
 @pytest.mark.slow
-def test_chexzero_style_openai_clip_state_dict_scores_on_retrieval(formats, corpus_world, tmp_path, capsys):
+def test_chexzero_style_openai_clip_state_dict_scores_on_retrieval(formats, retrieval_world, tmp_path, capsys):
     state = torch.load(formats["chexzero"], weights_only=True)
     # OpenAI CLIP's own key names (what CheXzero's torch.save(model.state_dict()) holds)
     assert {"visual.conv1.weight", "visual.class_embedding", "visual.proj", "token_embedding.weight",
@@ -203,7 +214,7 @@ def test_chexzero_style_openai_clip_state_dict_scores_on_retrieval(formats, corp
             "transformer.resblocks.1.mlp.c_proj.weight", "ln_final.weight"} <= set(state)
     argv = [f"open_clip:{F.TINY_OPENAI_CLIP}", "--weights", str(formats["chexzero"]), "--name", "chexzero-tiny",
             "--pixel-range", "0", "255", "--mean", "101.48761", "--std", "83.43944"]  # CheXzero's normalisation
-    _submit([*argv, "--tasks", "openi-retrieval", *RUN, "--data-root", str(corpus_world), "--results",
+    _submit([*argv, "--tasks", "openi-retrieval", *RUN, "--data-root", str(retrieval_world), "--results",
              str(tmp_path / "r")], capsys)
     [rec] = _records(tmp_path / "r")
     assert rec["task"] == "openi-retrieval" and 0 <= rec["metrics"]["r_mean"] <= 1
