@@ -24,7 +24,7 @@ from harness.cli import main
 from harness.cohort import label_fraction
 from harness.dispatch.runner import RunRequest, prepare
 from harness.metrics.scoring import F1_RULE
-from harness.protocols import finetune, linear_probe, localization, multimodal, retrieval
+from harness.protocols import finetune, linear_probe, localization, multimodal, retrieval, retrieval_scores
 from harness.tasks import load_task, task_files
 
 # ----------------------------------------------------------------------------------------- (a)
@@ -83,8 +83,8 @@ def test_5x200_ties_are_pessimistic_whatever_the_gallery_order():
     classes = np.repeat(np.arange(5), 4)  # a gallery sorted by class, as 5x200 draws it
     constant = F.normalize(torch.ones(20, 3), dim=1)
     shuffled = np.random.default_rng(0).permutation(classes)
-    sorted_ = retrieval.class_metrics(constant, constant, classes, ks=[1, 5, 10])
-    mixed = retrieval.class_metrics(constant, constant, shuffled, ks=[1, 5, 10])
+    sorted_ = retrieval_scores.class_metrics(constant, constant, classes, ks=[1, 5, 10])
+    mixed = retrieval_scores.class_metrics(constant, constant, shuffled, ks=[1, 5, 10])
     assert sorted_ == mixed  # the order of the gallery no longer matters
     assert all(v == 0.0 for v in sorted_.values())  # every tie ranks the 16 other-class items first
 
@@ -115,7 +115,7 @@ def test_precision_at_k_divides_by_k():
     assert metrics.precision_at_k(relevance, 2) == pytest.approx((1 / 2 + 2 / 2) / 2)
     # and the protocol reports K >= N as not measurable instead (item 6)
     emb = F.normalize(torch.eye(3), dim=1)
-    out = retrieval.class_metrics(emb, emb, np.arange(3), ks=[1, 5])
+    out = retrieval_scores.class_metrics(emb, emb, np.arange(3), ks=[1, 5])
     assert out["i2t_prec1"] == 1.0 and np.isnan(out["i2t_prec5"]) and np.isnan(out["i2t_hit5"])
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from test_imagetext_support import CHEXPERT_5, JointEncoder, RegionEncoder, context, task_data, toy_task
 
 from harness import metrics
-from harness.protocols import retrieval
+from harness.protocols import retrieval, retrieval_scores
 from harness.protocols.errors import ProtocolError
 
 
@@ -28,13 +28,13 @@ def test_ranks_equal_brute_force_with_many_images_per_study_and_ties():
     image_study = np.array([0, 0, 1, 2, 2, 2, 3, 4, 5, 5])
     images = F.normalize(torch.from_numpy(rng.integers(-2, 3, (10, 4))).float() + 1e-3, dim=1)
     texts = F.normalize(torch.from_numpy(rng.integers(-2, 3, (6, 4))).float() + 1e-3, dim=1)
-    i2t, t2i = retrieval.pair_ranks(images, texts, image_study)
+    i2t, t2i = retrieval_scores.pair_ranks(images, texts, image_study)
     sim = (images @ texts.T).numpy()
     relevant = image_study[:, None] == np.arange(6)[None, :]  # (images, texts)
     assert np.array_equal(i2t, brute_force_ranks(sim, relevant))
     assert np.array_equal(t2i, brute_force_ranks(sim.T, relevant.T))
     # 1:1 pairs: the same as the metrics module's dense ranks
-    i2t_pairs, _ = retrieval.pair_ranks(images[:6], texts, np.arange(6))
+    i2t_pairs, _ = retrieval_scores.pair_ranks(images[:6], texts, np.arange(6))
     assert np.array_equal(i2t_pairs, metrics.ranks_from_similarity(sim[:6], np.arange(6)))
 
 
@@ -45,19 +45,19 @@ def test_ranks_are_the_same_in_small_query_blocks():
     dense = metrics.ranks_from_similarity((images @ texts.T).numpy(), np.arange(50))
     ids = torch.arange(50)
     for max_entries in (1, 120, 50 * 50):  # 1 and 2 queries per block, then one block
-        assert np.array_equal(retrieval.ranks(images, texts, ids, ids, max_entries=max_entries), dense)
+        assert np.array_equal(retrieval_scores.ranks(images, texts, ids, ids, max_entries=max_entries), dense)
 
 
 def test_constant_encoder_ranks_every_match_last():
     same = F.normalize(torch.ones(6, 3), dim=1)
-    i2t, t2i = retrieval.pair_ranks(same, same, np.arange(6))
+    i2t, t2i = retrieval_scores.pair_ranks(same, same, np.arange(6))
     assert i2t.tolist() == [6] * 6 and t2i.tolist() == [6] * 6
 
 
 def test_block_variant_known_answers():
     same = F.normalize(torch.ones(7, 3), dim=1)  # a constant encoder: every item ties
-    full = retrieval.recall_metrics(*retrieval.pair_ranks(same, same, np.arange(7)), [1, 5, 10])
-    blocks, info = retrieval.block_metrics(same, same, block=3, ks=[1, 5, 10], seed=0)
+    full = retrieval_scores.recall_metrics(*retrieval_scores.pair_ranks(same, same, np.arange(7)), [1, 5, 10])
+    blocks, info = retrieval_scores.block_metrics(same, same, block=3, ks=[1, 5, 10], seed=0)
     assert info == {"blocks": 2, "block_size": 3, "pairs_outside_blocks": 1}
     # in a block of 3 every rank is 3: R@1 = 0; R@5 over 3 candidates is 1 for ANY encoder: not measurable
     assert blocks["i2t_r1"] == 0 and np.isnan(blocks["i2t_r5"]) and blocks["t2i_median_rank"] == 3
@@ -65,10 +65,10 @@ def test_block_variant_known_answers():
     # over all 7 the rank is 7: R@5 = 0; R@10 over 7 candidates is not measurable
     assert full["i2t_r5"] == 0 and np.isnan(full["i2t_r10"]) and full["i2t_median_rank"] == 7
     eye = torch.eye(8)  # perfect pairs: perfect in any block
-    perfect, info = retrieval.block_metrics(eye, eye, block=4, ks=[1], seed=3)
+    perfect, info = retrieval_scores.block_metrics(eye, eye, block=4, ks=[1], seed=3)
     assert perfect["i2t_r1"] == perfect["t2i_r1"] == 1.0 and info["blocks"] == 2
     with pytest.raises(ProtocolError, match=r"block 1000 needs at least 1000 test pairs; the test gallery has 8"):
-        retrieval.block_metrics(eye, eye, block=1000, ks=[1], seed=0)  # R-1k over 8 pairs is not R-1k
+        retrieval_scores.block_metrics(eye, eye, block=1000, ks=[1], seed=0)  # R-1k over 8 pairs is not R-1k
 
 
 def test_5x200_sampling_and_known_answers():
@@ -76,20 +76,20 @@ def test_5x200_sampling_and_known_answers():
     targets[np.arange(30), np.arange(30) % 5] = 1
     targets[0, 1] = 1  # two positives: never sampled
     targets[1, 2] = np.nan  # unknown is not positive: still a single-positive row
-    rows, classes = retrieval.sample_5x200(targets, per_class=2, seed=0, class_names=list(CHEXPERT_5))
+    rows, classes = retrieval_scores.sample_5x200(targets, per_class=2, seed=0, class_names=list(CHEXPERT_5))
     assert 0 not in rows and len(rows) == 10 and np.bincount(classes).tolist() == [2] * 5
-    again, _ = retrieval.sample_5x200(targets, per_class=2, seed=0, class_names=list(CHEXPERT_5))
+    again, _ = retrieval_scores.sample_5x200(targets, per_class=2, seed=0, class_names=list(CHEXPERT_5))
     assert np.array_equal(rows, again)
     assert all(targets[r, c] == 1 for r, c in zip(rows, classes, strict=True))
     with pytest.raises(ProtocolError, match="Atelectasis"):
-        retrieval.sample_5x200(targets, per_class=6, seed=0, class_names=list(CHEXPERT_5))
+        retrieval_scores.sample_5x200(targets, per_class=6, seed=0, class_names=list(CHEXPERT_5))
 
     # class one-hot + a tiny unique offset: every item's nearest items are its own class
     emb = F.normalize(torch.eye(5)[torch.as_tensor(classes)] + 1e-3 * torch.randn(10, 5), dim=1)
-    m = retrieval.class_metrics(emb, emb, classes, ks=[1, 2, 5])
+    m = retrieval_scores.class_metrics(emb, emb, classes, ks=[1, 2, 5])
     assert m["i2t_hit1"] == m["i2t_prec1"] == m["i2t_prec2"] == 1.0
     assert m["i2t_prec5"] == pytest.approx(2 / 5) and m["t2i_hit5"] == 1.0
-    flipped = retrieval.class_metrics(emb, -emb, classes, ks=[1, 2])  # the worst possible encoder
+    flipped = retrieval_scores.class_metrics(emb, -emb, classes, ks=[1, 2])  # the worst possible encoder
     assert flipped["i2t_hit1"] == 0.0 and flipped["i2t_prec2"] == 0.0
 
 

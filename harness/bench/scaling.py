@@ -26,7 +26,7 @@ def bench_scaling(profile: BenchProfile, work: Path) -> tuple[Figure, str]:
 
     from harness.features import extract_features
     from harness.protocols.linear_probe import ProbeConfig, fit_probe
-    from harness.protocols.retrieval import pair_ranks
+    from harness.protocols.retrieval_scores import pair_ranks
 
     encoder = random_encoder(profile.method_profile)
     pp, base = encoder.card.preprocess, profile.scaling_base

@@ -7,6 +7,7 @@ goes through. Protocols receive prepared inputs (the cohort with the label fract
 the encoder and its weights hash) and return metrics, CIs, predictions and details:
 
 ``linear_probe`` (frozen features, L-BFGS logistic regression), ``finetune`` (encoder +
-head), ``multimodal`` (image + indication text), ``retrieval`` (image-text, zero-shot),
+head), ``multimodal`` (image + indication text), ``retrieval`` (image-text, zero-shot; its
+ranks and scores from embeddings in ``retrieval_scores``),
 ``regeneration`` (masked patches), ``localization`` (phrase grounding on boxes).
 """
