@@ -223,17 +223,27 @@ def mlm_mask(input_ids: Tensor, attention_mask: Tensor, tokenizer: TextTokenizer
     Returns ``(masked_ids, labels)``: labels are ``IGNORE_INDEX`` except at the
     selected positions, where they hold the original ids. Random draws use
     ``generator`` (CPU), so a seeded run masks the same tokens on any device.
+
+    The draws are those of Hugging Face's ``DataCollatorForLanguageModeling.torch_mask_tokens``
+    (transformers 5), in its order, so one generator gives both the same selection, [MASK]
+    positions and random positions (``tests/test_parity_mlm_mvm.py``): a Bernoulli(``probability``)
+    per real token; a Bernoulli(0.8) per token for [MASK]; a Bernoulli(0.5) per token for "random"
+    among the selected tokens not [MASK]ed (0.1 / 0.2 of the rest); one random id per token.
+    One harness choice: the random id is an ORDINARY token (never a special one), as JoImTeRNet's
+    ``mask_input`` draws it (ids 4 ... [MASK] - 1); HF draws it from the whole vocabulary.
     """
     device = input_ids.device
     ids, mask = input_ids.cpu(), attention_mask.cpu()
     special = torch.tensor(tokenizer.special_ids, dtype=ids.dtype)
     real = (mask == 1) & ~torch.isin(ids, special)  # (B, T)
-    selected = (torch.rand(ids.shape, generator=generator) < probability) & real
-    action = torch.rand(ids.shape, generator=generator)
+    chance = torch.full(ids.shape, float(probability)).masked_fill(~real, 0.0)
+    selected = torch.bernoulli(chance, generator=generator).bool()  # (B, T)
+    to_mask = torch.bernoulli(torch.full(ids.shape, 0.8), generator=generator).bool() & selected
+    to_random = torch.bernoulli(torch.full(ids.shape, 0.5), generator=generator).bool() & selected & ~to_mask
     vocab = torch.arange(tokenizer.vocab_size, dtype=ids.dtype)
     ordinary = vocab[~torch.isin(vocab, special)]  # random replacements are ordinary tokens
     random_ids = ordinary[torch.randint(len(ordinary), ids.shape, generator=generator)]
-    masked = torch.where(selected & (action < 0.8), torch.full_like(ids, tokenizer.mask_id), ids)
-    masked = torch.where(selected & (action >= 0.8) & (action < 0.9), random_ids, masked)
+    masked = torch.where(to_mask, torch.full_like(ids, tokenizer.mask_id), ids)
+    masked = torch.where(to_random, random_ids, masked)
     labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
     return masked.to(device), labels.to(device)

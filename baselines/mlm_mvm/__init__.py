@@ -50,8 +50,9 @@ class MLMMVMMethod(BaselineMethod):
             notes=(f"harness design: single-stream transformer (width {cfg.width}, depth {cfg.depth}, patch "
                    f"{cfg.patch_size} px at {cfg.image_size} px) over image patches and report tokens; MLM "
                    f"{cfg.mlm_probability:.0%}; multi-scale MVM (squares of {list(cfg.mvm_scales)} patches, "
-                   f"{cfg.mvm_ratio:.0%} hidden, L1 on hidden pixels) with a {cfg.decoder_depth}-block pixel "
-                   f"decoder; image-report contrastive term on pairs (weight {cfg.weight_itc}); mixing: {cfg.mixing}"),
+                   f"{cfg.mvm_ratio:.0%} hidden by MAE's per-sample rule, {cfg.mvm_loss.upper()} on hidden pixels, no "
+                   f"norm_pix_loss) with a {cfg.decoder_depth}-block pixel decoder; image-report contrastive term on "
+                   f"pairs (weight {cfg.weight_itc}); mixing: {cfg.mixing}"),
         )
 
     def train(self, request: PretrainRequest, cfg: MLMMVMConfig, card: dict[str, Any]) -> Path:

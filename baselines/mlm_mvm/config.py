@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from baselines.common.config import TrainingConfig, to_dict
 
 MIXINGS = ("paired", "paired+unpaired", "cross-source unpaired")
+MVM_LOSSES = ("l1", "l2")
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,10 @@ class MLMMVMConfig(TrainingConfig):
     max_length: int = 128  # report tokens including [CLS] and [SEP]
     dropout: float = 0.1
     mvm_scales: tuple[int, ...] = (1, 2, 4)  # masked square sizes in patches (16 / 32 / 64 px at 224)
-    mvm_ratio: float = 0.5  # fraction of the cells of the chosen scale that are hidden
+    mvm_ratio: float = 0.5  # fraction of the cells of the chosen scale that are hidden (MAE's count rule)
+    # The pixel loss on hidden patches: "l1" (SimMIM) or "l2" (MAE). Never MAE's norm_pix_loss: the decoder's
+    # pixels ARE the regeneration output, and a per-patch normalised target has no scale to undo at a hidden patch.
+    mvm_loss: str = "l1"
     mlm_probability: float = 0.15
     # Harness choice: an image-report contrastive term on PAIRED batches only, so the separate image and
     # text embeddings the harness retrieves with are aligned (0 turns it off).
@@ -63,6 +67,8 @@ class MLMMVMConfig(TrainingConfig):
             raise ValueError(f"mlm-mvm: mixing must be one of {MIXINGS}, got {self.mixing!r}")
         if self.mixing == "cross-source unpaired" and not self.text_source:
             raise ValueError("mlm-mvm: mixing 'cross-source unpaired' needs text_source (a dataset with reports)")
+        if self.mvm_loss not in MVM_LOSSES:
+            raise ValueError(f"mlm-mvm: mvm_loss must be one of {MVM_LOSSES}, got {self.mvm_loss!r}")
         if self.image_size % self.patch_size:
             raise ValueError(f"mlm-mvm: image_size {self.image_size} is not a multiple of patch_size "
                              f"{self.patch_size}")

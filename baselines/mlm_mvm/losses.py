@@ -23,33 +23,52 @@ from baselines.common.text import IGNORE_INDEX
 from baselines.mlm_mvm.config import MLMMVMConfig
 
 
+def random_masking(noise: torch.Tensor, ratio: float) -> torch.Tensor:
+    """MAE's per-sample random masking: ``(B, L)`` noise -> ``(B, L)`` bool, True = hidden.
+
+    Each row keeps its ``int(L * (1 - ratio))`` positions of smallest noise and hides the
+    rest (MAE ``random_masking``: argsort of the noise, the first ``len_keep`` kept), so at
+    least one position is hidden for any ``ratio`` in (0, 1).
+    """
+    keep = int(noise.shape[1] * (1 - ratio))
+    rank = noise.argsort(dim=1).argsort(dim=1)  # (B, L): each position's place in its row's noise order
+    return rank >= keep
+
+
 def multiscale_patch_mask(batch: int, grid: int, scales: tuple[int, ...], ratio: float,
                           generator: torch.Generator) -> torch.Tensor:
     """``(B, N)`` bool: per image, one scale ``s`` (in patches) and ``ratio`` of its ``s x s`` cells hidden.
 
     Mixing cell sizes is the "multi-scale" of masked vision modelling: small holes are
     filled from neighbouring texture, large ones need anatomy (where the ribs, the heart
-    border or an effusion should be). At least one cell is hidden in every image.
+    border or an effusion should be). Which cells: MAE's per-sample random masking
+    (``random_masking``) over the ``ceil(G / s)^2`` cells, the noise drawn for the images of
+    each scale in the order of ``scales``; with one scale nothing is chosen first, so the draws
+    are MAE's own ``rand(B, L)`` (``tests/test_parity_mlm_mvm.py``).
     """
     masks = torch.zeros(batch, grid, grid, dtype=torch.bool)
-    choice = torch.randint(len(scales), (batch,), generator=generator)
-    for b in range(batch):
-        s = int(scales[int(choice[b])])
+    choice = (torch.randint(len(scales), (batch,), generator=generator) if len(scales) > 1
+              else torch.zeros(batch, dtype=torch.long))
+    for k, s in enumerate(int(s) for s in scales):
+        rows = torch.nonzero(choice == k).flatten()
+        if not len(rows):
+            continue
         cells = math.ceil(grid / s)
-        hidden = torch.randperm(cells * cells, generator=generator)[:max(1, round(ratio * cells * cells))]
-        cell_mask = torch.zeros(cells * cells, dtype=torch.bool)
-        cell_mask[hidden] = True
-        full = cell_mask.view(cells, cells).repeat_interleave(s, 0).repeat_interleave(s, 1)  # (cells*s, cells*s)
-        masks[b] = full[:grid, :grid]
+        hidden = random_masking(torch.rand(len(rows), cells * cells, generator=generator), ratio)  # (n, cells^2)
+        full = hidden.view(-1, cells, cells).repeat_interleave(s, 1).repeat_interleave(s, 2)  # (n, cells*s, cells*s)
+        masks[rows] = full[:, :grid, :grid]
     return masks.flatten(1)  # (B, N)
 
 
-def masked_patch_loss(predicted: torch.Tensor, target: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
-    """Mean L1 pixel error over the hidden patches only (SimMIM's loss); visible patches are not scored.
+def masked_patch_loss(predicted: torch.Tensor, target: torch.Tensor, patch_mask: torch.Tensor,
+                      norm: str = "l1") -> torch.Tensor:
+    """Mean pixel error over the hidden patches only; visible patches are not scored.
 
-    ``predicted, target (B, N, P), patch_mask (B, N) bool``.
+    ``predicted, target (B, N, P), patch_mask (B, N) bool``. ``norm`` "l1": SimMIM's L1 (the
+    default); "l2": MAE's ``forward_loss`` (squared error, no ``norm_pix_loss``: see ``MLMMVMConfig.mvm_loss``).
     """
-    error = (predicted.float() - target.float()).abs().mean(dim=-1)  # (B, N)
+    diff = predicted.float() - target.float()
+    error = (diff.abs() if norm == "l1" else diff.square()).mean(dim=-1)  # (B, N), mean per patch
     weight = patch_mask.float()
     return (error * weight).sum() / weight.sum().clamp_min(1.0)
 

@@ -129,7 +129,8 @@ class MLMMVMModel(nn.Module):
     # ------------------------------------------------------------------ pretraining tasks
     def masked_vision_modelling(self, image_out: torch.Tensor, images: torch.Tensor, patch_mask: torch.Tensor
                                 ) -> torch.Tensor:
-        return losses.masked_patch_loss(self.decode_pixels(image_out), self.patchify(images), patch_mask)
+        return losses.masked_patch_loss(self.decode_pixels(image_out), self.patchify(images), patch_mask,
+                                        self.cfg.mvm_loss)
 
     def masked_language_modelling(self, text_out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         selected = labels != IGNORE_INDEX  # (B, T); the vocabulary head runs on these positions only

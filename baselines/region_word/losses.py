@@ -7,8 +7,11 @@ Follows docs/methods.md section 2 ("Losses [CODE]"), all with in-batch negatives
    image (softmax across words, x GAMMA1, softmax across regions), gets an
    attention-weighted region context, relevance = cosine(word, context); a
    caption-image score is log sum_words exp(GAMMA2 cos); scores x GAMMA3, CE both directions;
-3. sentence triplet: hinge on cosine distance with one random in-batch negative, both anchors;
-4. word-region triplet: the same hinge on the word-region score;
+3. sentence triplet: hinge on cosine distance with one random in-batch negative per pair, the
+   same index serving the image anchor (a negative text) and the text anchor (a negative image);
+4. word-region triplet: the same hinge on the word-region score. Harness choice: a negative
+   caption's score uses its OWN words; the authors' ``words_triplet_loss`` cuts the negative text
+   at the anchor's length (``cap_lens[i]``), reading padding or dropping words when they differ;
 5. MLM: cross-entropy over the selected positions only.
 
 The objective (``total_loss``), with the paper's weights ``lambda_DAMSM`` (sentence and
@@ -146,7 +149,8 @@ def matching_losses(image_global: torch.Tensor, regions: torch.Tensor, sentence:
     sent_logits = sentence_logits(image_global, sentence, cfg.gamma3)  # (B_img, B_txt)
     word_scores = word_region_scores(words, words_used, regions, cfg.gamma1, cfg.gamma2).T  # (B_img, B_txt)
     n = sent_logits.shape[0]
-    negatives = (random_negatives(n, generator), random_negatives(n, generator))
+    negative = random_negatives(n, generator)  # one draw for both anchors, as the authors' neg_ids
+    negatives = (negative, negative)
     out: dict[str, torch.Tensor] = {}
     out["sent_i2t"], out["sent_t2i"] = bidirectional_ce(sent_logits)
     out["word_i2t"], out["word_t2i"] = bidirectional_ce(cfg.gamma3 * word_scores)

@@ -30,6 +30,15 @@ class RegionWordModel(nn.Module):
         self.sentence_proj = nn.Linear(text.hidden_size, embed_dim)  # on [CLS] (the paper's pool='cls')
         self.mlm_head = MLMHead(text.hidden_size, text.vocab_size)
 
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        """The parameters only ``task`` uses ("itm": the image side and the word and sentence projections;
+        "mlm": the MLM head): what rests on the other task's steps (``optim.EncoderOptimizer``)."""
+        parts = {"itm": (self.backbone, self.region_proj, self.global_proj, self.word_proj, self.sentence_proj),
+                 "mlm": (self.mlm_head,)}
+        if task not in parts:
+            raise ValueError(f"region-word: task must be 'itm' or 'mlm', got {task!r}")
+        return [p for module in parts[task] for p in module.parameters()]
+
     def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, C, S, S) -> (global (B, E), regions (B, R, E))`` from one backbone pass."""
         feature_map = self.backbone.feature_map(images)  # (B, D, h, w)

@@ -5,8 +5,10 @@ loop glue between the architecture (``model``) and the objective (``losses.total
 Steps: (1) the report of every training row (findings + impression); rows without any
 report text are a counted skip (recorded in the checkpoint meta as ``skipped_no_text``);
 (2) the WordPiece tokenizer trained on those reports and saved as ``workdir/tokenizer.json``
-(or MiniLM's); (3) the model and one AdamW with an image and a text parameter group (the
-paper's two AdamW optimisers, same settings); (4) ``Trainer.fit`` with ``losses.total_loss``.
+(or MiniLM's); (3) the model and ``optim.EncoderOptimizer``, one AdamW with an image and a text
+parameter group that behaves as the paper's two AdamW optimisers (each encoder's gradient clipped
+on its own norm; a sampled step updates only the parameters its task uses); (4) ``Trainer.fit`` with
+``losses.total_loss``.
 Resumable and DDP-ready like every baseline.
 
 Under DDP (W processes, global batch B = W x B/W) the in-batch negatives are the
@@ -24,6 +26,8 @@ the images it loads), BatchNorm statistics (per rank), dropout, and the MLM loss
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +52,11 @@ from baselines.common.text import (
     report_texts,
     workdir_tokenizer,
 )
-from baselines.common.train import StepContext, TrainConfig, Trainer, step_decay
+from baselines.common.train import StepContext, TrainConfig, Trainer, step_decay, unwrap
 from baselines.region_word import losses
 from baselines.region_word.config import RegionWordConfig
 from baselines.region_word.model import RegionWordModel
+from baselines.region_word.optim import EncoderOptimizer
 from harness.data.images import ImageView
 from harness.data.schema import DataError
 from harness.encoders import PretrainRequest
@@ -130,6 +135,43 @@ def region_word_losses(model: torch.nn.Module, batch: dict, cfg: RegionWordConfi
     return out
 
 
+@contextlib.contextmanager
+def resting_statistics(module: torch.nn.Module, rest: bool) -> Iterator[None]:
+    """With ``rest``, ``module`` runs in eval mode (its BatchNorm statistics stay as they are), then as before."""
+    if not rest:
+        yield
+        return
+    was = [m.training for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in zip(module.modules(), was, strict=True):
+            m.training = training
+
+
+def region_word_step(model: torch.nn.Module, batch: dict, cfg: RegionWordConfig, ctx: StepContext,
+                     optimizer: EncoderOptimizer) -> tuple[torch.Tensor, dict]:
+    """One step's loss and logged terms (the Trainer then does backward and ``optimizer.step()``).
+
+    The paper's sampled task (``losses.is_itm_step``): as in the authors' trainer, a step updates only
+    the parameters its task uses (``RegionWordModel.task_parameters`` of the other task rest), and on
+    an MLM step, where the authors' image encoder does not even run, its BatchNorm statistics are
+    not updated either (the unused loss is multiplied by 0, so the forward kept for DDP changes
+    nothing else). ``model`` may be DDP.
+    """
+    itm_step = losses.is_itm_step(cfg, ctx.seed, ctx.step)
+    unused = {None: None, True: "mlm", False: "itm"}[itm_step]
+    optimizer.rest(unwrap(model).task_parameters(unused) if unused else ())
+    with resting_statistics(unwrap(model).backbone, rest=itm_step is False):
+        # rank 0's stream on every rank: the triplet negatives of the global batch are one process's
+        terms = region_word_losses(model, batch, cfg, step_generator(ctx.seed, ctx.step, 0, 2))
+    logged = {k: v.detach() for k, v in terms.items()}
+    if itm_step is not None:
+        logged["itm_step"] = float(itm_step)
+    return losses.total_loss(terms, cfg, itm_step), logged
+
+
 def pretrain(request: PretrainRequest, cfg: RegionWordConfig, card: dict) -> Path:
     """Train on ``request.data`` (images + reports) into ``request.workdir``; return the final checkpoint."""
     info = distributed.info()
@@ -155,8 +197,8 @@ def pretrain(request: PretrainRequest, cfg: RegionWordConfig, card: dict) -> Pat
                                                                            "global_proj."))]
     image_ids = {id(p) for p in image_params}
     text_params = [p for p in model.parameters() if id(p) not in image_ids]
-    optimizer = torch.optim.AdamW([{"params": image_params}, {"params": text_params}], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = EncoderOptimizer(image_params, text_params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 clip=cfg.grad_clip)  # clipped per encoder, as the authors' two optimisers
     scheduler = step_decay(optimizer, tuple(round(e * steps_per_epoch) for e in cfg.lr_decay_epochs))
 
     sampler = StepSampler(len(rows), rank_batch, seed=request.seed, rank=info.rank, world_size=info.world_size)
@@ -174,14 +216,9 @@ def pretrain(request: PretrainRequest, cfg: RegionWordConfig, card: dict) -> Pat
                               skipped_no_text=int(len(data.images) - len(rows)))}
 
     def step(model: torch.nn.Module, batch: dict, ctx: StepContext) -> tuple[torch.Tensor, dict]:
-        # rank 0's stream on every rank: the triplet negatives of the global batch are one process's
-        terms = region_word_losses(model, batch, cfg, step_generator(ctx.seed, ctx.step, 0, 2))
-        itm_step = losses.is_itm_step(cfg, ctx.seed, ctx.step)
-        logged = {k: v.detach() for k, v in terms.items()}
-        if itm_step is not None:
-            logged["itm_step"] = float(itm_step)
-        return losses.total_loss(terms, cfg, itm_step), logged
+        return region_word_step(model, batch, cfg, ctx, optimizer)
 
-    trainer = Trainer(model, optimizer, TrainConfig.for_method(cfg, request, steps, grad_clip=cfg.grad_clip),
+    # grad_clip 0 for the Trainer: EncoderOptimizer clips each encoder's gradient on its own norm
+    trainer = Trainer(model, optimizer, TrainConfig.for_method(cfg, request, steps, grad_clip=0.0),
                       request.workdir, scheduler=scheduler, meta=meta)
     return trainer.fit(step, batches, sampler=sampler)
