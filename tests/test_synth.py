@@ -34,7 +34,7 @@ HEADERS_KEY_META = "mimic-cxr-jpg/mimic-cxr-2.0.0-metadata.csv.gz"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("world")
-    write_world(root, scale=SCALE, seed=SEED, progress=False, calibration="spec")
+    write_world(root, scale=SCALE, seed=SEED, progress=False, calibration="spec", workers=2)
     return root
 
 
@@ -170,7 +170,8 @@ def test_mimic_reports_have_the_raw_shape(world: Path) -> None:
 
 
 def test_reproducible_byte_for_byte(world: Path, tmp_path: Path) -> None:
-    write_world(tmp_path, scale=SCALE, seed=SEED, progress=False, calibration="spec")
+    # the fixture rendered in two worker processes, this copy in one: the bytes do not depend on it
+    write_world(tmp_path, scale=SCALE, seed=SEED, progress=False, calibration="spec", workers=1)
     mine = sorted(p.relative_to(world) for p in world.rglob("*") if p.is_file())
     again = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     assert mine == again
@@ -436,6 +437,49 @@ def test_default_root_is_generated_once_and_reused(tmp_path: Path) -> None:
     stamp = (first.path / MARKER).stat().st_mtime_ns
     again = resolve_data_root(None, environ=env)
     assert again.path == first.path and (first.path / MARKER).stat().st_mtime_ns == stamp
+
+
+def test_default_world_grows_per_source_and_equals_a_one_shot_write(tmp_path: Path) -> None:
+    env = {"HARNESS_CACHE": str(tmp_path / "cache"), "HARNESS_SYNTH_SCALE": "0.01"}
+    first = resolve_data_root(None, environ=env, datasets=("nih14",))  # e.g. a first nih14-cls run
+    marker = json.loads((first.path / MARKER).read_text())
+    assert marker["sources"] == ["nih14"] and list(marker["counts"]) == ["nih14"]
+    assert first.source_present("nih14") and not first.source_present("mimic-cxr")
+    results: list[DataRoot] = []  # two concurrent first uses of MIMIC: written once, never half
+    threads = [threading.Thread(target=lambda: results.append(resolve_data_root(None, environ=env,
+                                                                                datasets=("mimic-cxr", "mock"))))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.path for r in results] == [first.path, first.path] and results[0].source_present("mimic-cxr")
+    assert sorted(p.name for p in first.path.parent.iterdir() if p.is_dir()) == [first.path.name]  # no temp left
+    assert json.loads((first.path / MARKER).read_text())["sources"] == ["mimic", "nih14"]
+    stamp = (first.path / MARKER).stat().st_mtime_ns
+    assert resolve_data_root(None, environ=env, datasets=("nih14", "mimic-cxr")).path == first.path
+    assert (first.path / MARKER).stat().st_mtime_ns == stamp  # nothing rewritten when nothing is missing
+    resolve_data_root(None, environ=env, datasets=("openi",))
+    once = write_world(tmp_path / "once", sources=("mimic", "nih14", "openi"), scale=0.01, seed=0, progress=False)
+    assert json.loads((first.path / MARKER).read_text()) == once
+    assert _file_bytes(first.path) == _file_bytes(tmp_path / "once")  # marker and ground truth included
+
+
+def test_default_world_split_proportions() -> None:
+    """The proportions that size the default world's evaluation sets (docs/datasets.md section 6.1), on the
+    unit world's plan (no pixels): a quarter of MIMIC and NIH patients test, a tenth of MIMIC validation,
+    CheXpert's valid set CHEXPERT_VALID_PATIENTS per unit of scale, NIH boxes on the test images."""
+    from harness.synth.world import CHEXPERT_VALID_PATIENTS, SPLIT_FRACTIONS
+
+    for source, fractions in SPLIT_FRACTIONS.items():
+        world = build_source(source, scale=1.0, seed=0)
+        split_of = {st.patient.index: st.split for st in world.studies}
+        for split, fraction in fractions.items():
+            share = np.mean([s == split for s in split_of.values()])
+            assert abs(share - fraction) < 3 * np.sqrt(fraction * (1 - fraction) / len(split_of)), (source, split)
+        assert np.mean([s == "train" for s in split_of.values()]) > 0.6  # the pretraining pool stays the largest
+    chexpert = build_source("chexpert", scale=0.5, seed=0)
+    assert sum(st.split == "valid" for st in chexpert.studies) == round(CHEXPERT_VALID_PATIENTS * 0.5)
 
 
 ADAPTERS = ("mimic_cxr", "chexpert", "nih14", "openi")

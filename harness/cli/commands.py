@@ -152,11 +152,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     """``harness data synth|check``: write the synthetic world, or check a dataset (2 on a problem or absence)."""
     if args.data_command == "synth":
-        from harness.synth import write_world
+        from harness.synth import DEFAULT_SCALE, write_world
 
+        scale = DEFAULT_SCALE if args.scale is None else args.scale
         try:
-            info = write_world(Path(args.out), sources=tuple(args.sources), scale=args.scale, seed=args.seed,
-                               calibration=args.calibration, progress=not args.quiet)
+            info = write_world(Path(args.out), sources=tuple(args.sources), scale=scale, seed=args.seed,
+                               calibration=args.calibration, progress=not args.quiet, workers=args.workers)
         except ValueError as exc:  # unknown source, bad scale, unusable calibration: raised before writing
             print(f"harness: error: data synth: {exc}", file=sys.stderr)
             return 2
@@ -166,7 +167,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     from harness.data.check import decode_images
     from harness.data.roots import resolve_data_root
 
-    root = resolve_data_root(args.root)
+    root = resolve_data_root(args.root, datasets=(args.dataset,))
     report = DATASETS.get(args.dataset).check(root.path)
     decode_images(report, workers=args.workers, progress=not args.quiet)
     print(report.render())

@@ -140,7 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     ps = dsub.add_parser("synth", help="write the synthetic CXR world in the real layouts")
     ps.add_argument("--out", required=True)
     ps.add_argument("--sources", nargs="+", default=["mimic", "chexpert", "nih14", "openi"])
-    ps.add_argument("--scale", type=float, default=1.0)
+    ps.add_argument("--scale", type=float, default=None,
+                    help="multiplies every source's patients; default: the default world's (12; 1 is the "
+                         "unit world, about 1,200 MIMIC images; 0.05 makes a world for quick checks)")
+    ps.add_argument("--workers", type=int, default=None,
+                    help="processes rendering images (default: $HARNESS_SYNTH_WORKERS, else every CPU); "
+                         "the bytes written do not depend on it")
     ps.add_argument("--seed", type=int, default=0)
     ps.add_argument("--calibration", choices=("spec", "torchxrayvision"), default="spec",
                     help="finding prevalences: spec (published counts, the default whatever is installed) or "

@@ -7,12 +7,16 @@ Resolution order (first that applies):
 2. per-source overrides, ``source_overrides={"chexpert": PATH}`` or
    ``$HARNESS_ROOT_<SOURCE>`` (``HARNESS_ROOT_MIMIC_CXR_JPG``, ``HARNESS_ROOT_NIH14`` ...),
    replace single sources on top of (1) (or stand alone);
-3. neither: the default synthetic world, generated on first use into
+3. neither: the default synthetic world in
    ``$HARNESS_CACHE/synth/v<generator>-s<seed>-x<scale>/`` (``HARNESS_CACHE`` defaults to
-   ``~/.cache/harness``; scale from ``$HARNESS_SYNTH_SCALE``, default 1) under a file lock,
-   written to a temporary folder and renamed, then reused. Its calibration is ``spec``
-   whatever is installed; ``HARNESS_SYNTH_CALIBRATION=torchxrayvision`` asks for the other
-   one, which lives in its own folder (``...-torchxrayvision-<digest of its files>``).
+   ``~/.cache/harness``; scale from ``$HARNESS_SYNTH_SCALE``, default
+   ``harness.synth.DEFAULT_SCALE``), generated source by source on first use: a run asks for
+   the datasets its task reads (``datasets=("mimic-cxr",)`` writes the MIMIC part only), and
+   each missing source is written into a temporary folder under a file lock, then moved in
+   with its marker entry (``harness.synth.add_sources``), so no reader sees half a source and
+   concurrent first uses write it once. Its calibration is ``spec`` whatever is installed;
+   ``HARNESS_SYNTH_CALIBRATION=torchxrayvision`` asks for the other one, which lives in its
+   own folder (``...-torchxrayvision-<digest of its files>``).
 
 A root is ``synthetic`` iff it holds ``HARNESS_SYNTHETIC.json``; real and
 synthetic sources are never mixed in one resolution (that would mix results).
@@ -32,7 +36,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +49,8 @@ ENV_DATA_ROOT = "HARNESS_DATA_ROOT"
 ENV_SYNTH_SCALE = "HARNESS_SYNTH_SCALE"
 MARKER = "HARNESS_SYNTHETIC.json"
 DATASET_FOLDER = {"mimic-cxr": "mimic-cxr-jpg"}  # dataset (adapter) name -> the folder it needs
+# dataset (adapter) name -> the synthetic world's source that writes it (others: none)
+SYNTH_SOURCE = {"mimic-cxr": "mimic", "chexpert": "chexpert", "nih14": "nih14", "openi": "openi"}
 
 
 def source_env_var(source: str) -> str:
@@ -101,8 +107,11 @@ def _overrides(given: Mapping[str, str | Path] | None, environ: Mapping[str, str
 
 def resolve_data_root(data_root: str | Path | None, *, source_overrides: Mapping[str, str | Path] | None = None,
                       synth_seed: int = 0, synth_scale: float | None = None,
-                      environ: Mapping[str, str] | None = None) -> DataRoot:
+                      environ: Mapping[str, str] | None = None, datasets: Sequence[str] | None = None) -> DataRoot:
     """Resolve the data root (see the module docstring for the order).
+
+    ``datasets``: the datasets the caller will read; on the default synthetic world only their
+    sources are generated (``None``: every source).
 
     Raises:
         DataError: a given root or override folder does not exist, an unknown override
@@ -113,7 +122,8 @@ def resolve_data_root(data_root: str | Path | None, *, source_overrides: Mapping
     raw = data_root if data_root not in (None, "") else environ.get(ENV_DATA_ROOT) or None
     root = Path(raw).expanduser() if raw else None
     if root is None and not overrides:
-        root = default_synthetic_root(seed=synth_seed, scale=synth_scale, environ=environ)
+        root = default_synthetic_root(seed=synth_seed, scale=synth_scale, environ=environ,
+                                      sources=None if datasets is None else synth_sources(datasets))
     if root is not None and not root.is_dir():
         raise DataError(f"data root {root} is not a folder (from --data-root or ${ENV_DATA_ROOT})")
     for name, folder in overrides.items():
@@ -197,32 +207,63 @@ def synthetic_cache_dir(seed: int, scale: float, environ: Mapping[str, str] | No
     return cache / "synth" / f"v{GENERATOR_VERSION}-s{seed}-x{scale:g}{tag}"
 
 
-def default_synthetic_root(*, seed: int = 0, scale: float | None = None, progress: bool = True,
-                           environ: Mapping[str, str] | None = None, calibration: str | None = None) -> Path:
-    """The cached synthetic world for (generator version, seed, scale, calibration), generated once.
+def synth_sources(datasets: Sequence[str]) -> tuple[str, ...]:
+    """The synthetic world's sources that hold ``datasets`` (``mimic-cxr`` -> ``mimic``; ``mock``, ``hf/...``: none)."""
+    from harness.synth import SOURCES as SYNTH_SOURCES
 
-    ``calibration`` defaults to ``$HARNESS_SYNTH_CALIBRATION``, else ``spec`` (never to what is
-    installed); see ``synthetic_cache_dir`` for the folder and the errors.
+    wanted = {SYNTH_SOURCE[d] for d in datasets if d in SYNTH_SOURCE}
+    return tuple(s for s in SYNTH_SOURCES if s in wanted)
+
+
+def _scale(environ: Mapping[str, str]) -> float:
+    from harness.synth import DEFAULT_SCALE
+
+    given = environ.get(ENV_SYNTH_SCALE) or ""
+    try:
+        return float(given) if given.strip() else DEFAULT_SCALE
+    except ValueError:
+        raise DataError(f"${ENV_SYNTH_SCALE} must be a number (the synthetic world's scale), got {given!r}") from None
+
+
+def default_synthetic_root(*, seed: int = 0, scale: float | None = None, progress: bool = True,
+                           environ: Mapping[str, str] | None = None, calibration: str | None = None,
+                           sources: Sequence[str] | None = None) -> Path:
+    """The cached synthetic world for (generator version, seed, scale, calibration), holding ``sources``.
+
+    Sources it lacks are generated now (``None``: every source), each once, under the world's
+    lock: into a temporary folder, then moved in (``harness.synth.add_sources``); an empty
+    ``sources`` still writes the marker. ``calibration`` defaults to ``$HARNESS_SYNTH_CALIBRATION``,
+    else ``spec`` (never to what is installed); see ``synthetic_cache_dir`` for the folder and the errors.
     """
-    from harness.synth import write_world
+    from harness.synth import SOURCES as SYNTH_SOURCES
+    from harness.synth import add_sources, world_sources, write_world
 
     environ = os.environ if environ is None else environ
-    if scale is None:
-        scale = float(environ.get(ENV_SYNTH_SCALE) or 1.0)
+    scale = _scale(environ) if scale is None else scale
     calibration = _calibration(calibration, environ)
     final = synthetic_cache_dir(seed, scale, environ, calibration)
-    if (final / MARKER).is_file():
+    wanted = tuple(SYNTH_SOURCES if sources is None else sources)
+
+    def missing() -> list[str]:
+        have = world_sources(final) if (final / MARKER).is_file() else None
+        return list(wanted) if have is None else [s for s in wanted if s not in have]
+
+    if (final / MARKER).is_file() and not missing():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(final.parent / f".{final.name}.lock"):
-        if (final / MARKER).is_file():  # another process wrote it while we waited
+        todo = missing()  # another process may have written some while we waited
+        if (final / MARKER).is_file() and not todo:
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
         try:
-            write_world(tmp, seed=seed, scale=scale, progress=progress, calibration=calibration)
-            if final.exists():  # a folder without marker: an interrupted older layout
-                shutil.rmtree(final)
-            os.rename(tmp, final)
+            write_world(tmp, sources=todo, seed=seed, scale=scale, progress=progress, calibration=calibration)
+            if (final / MARKER).is_file():
+                add_sources(tmp, final)
+            else:
+                if final.exists():  # a folder without marker: an interrupted older layout
+                    shutil.rmtree(final)
+                os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -37,13 +37,23 @@ def needs_data_root(task: Any) -> bool:
     return any(getattr(DATASETS.get(d), "needs_data_root", True) for d in (task.dataset, task.eval_dataset) if d)
 
 
-def task_data_root(task: Any, data_root: str | Path | None) -> Any:
+def task_datasets(task: Any, also: tuple[str | None, ...] = ()) -> tuple[str, ...]:
+    """The datasets ``task`` reads (its dataset, eval_dataset, and ``also``: e.g. ``--pretrain-on``)."""
+    return tuple(dict.fromkeys(d for d in (task.dataset, task.eval_dataset, *also) if d))
+
+
+def task_data_root(task: Any, data_root: str | Path | None, also: tuple[str | None, ...] = ()) -> Any:
     """The resolved data root of ``task`` (``harness.data.roots.resolve_data_root``), or the self-contained one.
+
+    On the default synthetic world only the sources of ``task_datasets(task, also)`` are generated
+    (a first ``mimic-cls`` run writes the MIMIC part, a later ``nih14-cls`` run adds NIH-14).
 
     Raises:
         DataError: the data root does not resolve (see ``resolve_data_root``).
     """
-    return resolve_data_root(data_root) if needs_data_root(task) else SelfContainedRoot()
+    if not needs_data_root(task):
+        return SelfContainedRoot()
+    return resolve_data_root(data_root, datasets=task_datasets(task, also))
 
 
 def data_world(root: Any) -> dict[str, Any] | str:

@@ -180,7 +180,7 @@ def prepare(req: RunRequest) -> Prepared:
     if missing:
         raise RunError(f"method {req.method!r} lacks capability {missing} required by task {task.name!r}")
     pretrain_on = effective_pretrain_on(method, task, req.pretrain_on)
-    data_root = task_data_root(task, req.data_root)
+    data_root = task_data_root(task, req.data_root, also=(pretrain_on,))
     world = data_world(data_root)  # before any data is read: a broken marker stops the run at once
     profile = req.profile or ("small" if data_root.data_source == "synthetic" else "paper")
     if profile not in PROFILES:

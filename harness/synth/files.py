@@ -1,4 +1,4 @@
-"""Byte-reproducible file output: gzip with mtime 0, fixed CSV dialect, plain PIL encoders.
+"""Byte-reproducible file output: gzip with mtime 0, fixed CSV dialect (images: ``pixels``).
 
 Same world -> same bytes: nothing here writes a time stamp, a host name or a
 random temporary name into a file.
@@ -11,9 +11,6 @@ import gzip
 import io
 from collections.abc import Iterable
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
 
 
 def csv_text(header: str, rows: Iterable[Iterable[object]]) -> str:
@@ -29,6 +26,11 @@ def write_text(path: Path, text: str) -> None:
     path.write_bytes(text.encode("utf-8"))
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
 def write_csv(path: Path, header: str, rows: Iterable[Iterable[object]]) -> None:
     write_text(path, csv_text(header, rows))
 
@@ -38,18 +40,3 @@ def write_csv_gz(path: Path, header: str, rows: Iterable[Iterable[object]]) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as raw, gzip.GzipFile(filename=path.name[:-3], mode="wb", fileobj=raw, mtime=0) as gz:
         gz.write(csv_text(header, rows).encode("utf-8"))
-
-
-def save_jpeg(path: Path, image: np.ndarray) -> None:
-    """8-bit single-channel JPEG, quality 95 (MIMIC-CXR-JPG's setting)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path, format="JPEG", quality=95)
-
-
-def save_png(path: Path, image: np.ndarray, *, rgba: bool = False) -> None:
-    """8-bit grey PNG; ``rgba`` stores the grey in R, G, B plus an opaque alpha (NIH's odd files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if rgba:
-        Image.fromarray(np.stack([image, image, image, np.full_like(image, 255)], -1)).save(path)
-    else:
-        Image.fromarray(image).save(path, format="PNG")

@@ -28,6 +28,7 @@ from harness.synth.anatomy import (
     frontal_geometry,
     lateral_geometry,
     lung_markings,
+    power,
     rib_phase,
     step,
 )
@@ -113,8 +114,8 @@ def _to_pixels(density: np.ndarray, style: ImageStyle, rng: np.random.Generator)
     exposure = style.exposure * float(rng.uniform(0.88, 1.12))  # per-image technique
     img = (1 - np.exp(-exposure * np.clip(density, 0, None))) / (1 - np.exp(-exposure))
     if style.blur > 0:
-        img = ndimage.gaussian_filter(img, style.blur)
-    img = np.clip(img, 0, 1) ** (style.gamma * float(rng.uniform(0.92, 1.08)))
+        img = ndimage.gaussian_filter(img.astype(np.float32), style.blur)
+    img = power(np.clip(img, 0, 1), style.gamma * float(rng.uniform(0.92, 1.08)))
     img += style.noise * np.sqrt(1.05 - img) * rng.standard_normal(img.shape, dtype=np.float32)
     img = style.black_level + (style.white_level - style.black_level) * np.clip(img, 0, 1)
     h, w = img.shape

@@ -31,7 +31,16 @@ from harness.synth.anatomy import Anatomy, sample_anatomy
 from harness.synth.calibration import calibration_sha256, prevalence_targets
 from harness.synth.render import ImageStyle, Rendered, render
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
+# The default world's scale (what a run without --data-root uses): 12 x the unit world's patients,
+# so every task's evaluation split is sized for its metric (docs/datasets.md section 6.1). Tests use
+# small fractions of the unit world; the unit (scale 1) is the version-1 world's size.
+DEFAULT_SCALE = 12.0
+# Patient-level official splits (MIMIC, NIH): a quarter of the patients are test patients, so that
+# at DEFAULT_SCALE the test sets hold >= 2,000 frontal images while the training pools stay about
+# three times larger (MIMIC also gets 10 % validation patients, >= 500 frontal images).
+SPLIT_FRACTIONS = {"mimic": {"test": 0.25, "validate": 0.10}, "nih14": {"test": 0.25}}
+CHEXPERT_VALID_PATIENTS = 170  # at scale 1: the radiologist-labelled set the CheXpert tasks test on
 SOURCES = ("mimic", "chexpert", "nih14", "openi")
 SOURCE_CODE = {"mimic": 11, "chexpert": 12, "nih14": 13, "openi": 14}
 
@@ -324,9 +333,10 @@ def _splits(world: SourceWorld, rng: np.random.Generator) -> None:
     for p_index in range(len(world.patients)):
         r = rng.random()
         if name == "mimic":
-            split = "test" if p_index == 0 or r < 0.12 else "validate" if p_index == 1 or r < 0.2 else "train"
+            test, val = SPLIT_FRACTIONS["mimic"]["test"], SPLIT_FRACTIONS["mimic"]["validate"]
+            split = "test" if p_index == 0 or r < test else "validate" if p_index == 1 or r < test + val else "train"
         elif name == "nih14":
-            split = "test" if p_index == 0 or r < 0.25 else "train"
+            split = "test" if p_index == 0 or r < SPLIT_FRACTIONS["nih14"]["test"] else "train"
         else:
             split = ""
         for st in world.studies:
@@ -354,7 +364,7 @@ def build_source(source: str, *, scale: float = 1.0, seed: int = 0, calibration:
             world.studies.append(st)
     _splits(world, rng)
     if source == "chexpert":  # the radiologist-labelled validation set: new patients, one study each
-        for i in range(max(4, round(128 * scale))):
+        for i in range(max(4, round(CHEXPERT_VALID_PATIENTS * scale))):
             p = _patient(n_patients + i, profile, b, rng)
             world.patients.append(p)
             st = _study(p, 0, 0, profile, b, rng)

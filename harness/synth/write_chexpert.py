@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.synth import files, labels
-from harness.synth.world import SourceWorld, Study, draw
+from harness.synth import files, labels, pixels
+from harness.synth.world import SourceWorld, Study
 
 HEADER = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(labels.CHEXPERT_ORDER)
 PREFIX = "CheXpert-v1.0-small"
@@ -28,12 +28,15 @@ def _consensus(st: Study) -> list[str]:
             for c in labels.CHEXPERT_ORDER]
 
 
-def write(world: SourceWorld, root: Path, progress: Callable[[int], None]) -> tuple[dict, list[tuple]]:
+def write(world: SourceWorld, root: Path, progress: Callable[[int], None],
+          workers: int | None = None) -> tuple[dict, list[tuple]]:
     base = root / "chexpert" / PREFIX
     numbers: dict[int, int] = {}
     next_number = {"train": 1, "valid": FIRST_VALID_PATIENT}
     rows: dict[str, list[tuple]] = {"train": [], "valid": []}
     truth = []
+    images = pixels.encoded(world, [pixels.Job(i, k, "jpeg") for i, st in enumerate(world.studies)
+                                    for k in range(len(st.images))], workers)
     for st in world.studies:
         part = "valid" if st.split == "valid" else "train"
         if st.patient.index not in numbers:
@@ -46,9 +49,9 @@ def write(world: SourceWorld, root: Path, progress: Callable[[int], None]) -> tu
             lateral = plan.render_view == "lateral"
             rel = (f"{part}/patient{numbers[st.patient.index]:05d}/study{st.index + 1}/"
                    f"view{k}_{'lateral' if lateral else 'frontal'}.jpg")
-            rendered = draw(world, st, plan)
-            files.save_jpeg(base / rel, rendered.image)
-            truth += [("chexpert", f"chexpert/{PREFIX}/{rel}", b.finding, b.x, b.y, b.w, b.h) for b in rendered.boxes]
+            image = next(images)
+            files.write_bytes(base / rel, image.data)
+            truth += [("chexpert", f"chexpert/{PREFIX}/{rel}", b.finding, b.x, b.y, b.w, b.h) for b in image.boxes]
             rows[part].append((f"{PREFIX}/{rel}", _SEX[st.patient.sex], age, "Lateral" if lateral else "Frontal",
                                "" if lateral else plan.view, *values))
             progress(1)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.synth import files, labels
+from harness.synth import files, labels, pixels
 from harness.synth.reports import mimic_report
-from harness.synth.world import SourceWorld, Study, draw
+from harness.synth.world import SourceWorld, Study
 
 METADATA_HEADER = ("dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,"
                    "StudyDate,StudyTime,ProcedureCodeSequence_CodeMeaning,ViewCodeSequence_CodeMeaning,"
@@ -105,12 +105,16 @@ def _orientation(view: str, st: Study, rng: np.random.Generator) -> str:
     return "Recumbent" if view == "AP" and (st.icu or rng.random() < 0.4) else "Erect"
 
 
-def write(world: SourceWorld, root: Path, progress: Callable[[int], None]) -> tuple[dict, list[tuple]]:
+def write(world: SourceWorld, root: Path, progress: Callable[[int], None],
+          workers: int | None = None) -> tuple[dict, list[tuple]]:
     """Write the three MIMIC folders under ``root``; returns (counts, ground-truth rows)."""
     jpg, rep = root / "mimic-cxr-jpg", root / "mimic-cxr"
     ids = _assign_ids(world)
     rng = np.random.default_rng([world.seed, 11, 3])
     meta, split, record, study_list, chexpert, test_labeled, truth, image_files = [], [], [], [], [], [], [], []
+    sums = []
+    images = pixels.encoded(world, [pixels.Job(i, k, "jpeg") for i, st in enumerate(world.studies)
+                                    for k in range(len(st.images))], workers)
     for st in world.studies:
         subject, study = ids.subject[st.patient.index], ids.study[id(st)]
         folder = f"files/p{str(subject)[:2]}/p{subject}"
@@ -118,9 +122,10 @@ def write(world: SourceWorld, root: Path, progress: Callable[[int], None]) -> tu
         for plan in st.images:
             dicom = ids.dicom[plan.serial]
             rel = f"{folder}/s{study}/{dicom}.jpg"
-            rendered = draw(world, st, plan)
-            files.save_jpeg(jpg / rel, rendered.image)
-            truth += [("mimic-cxr", f"mimic-cxr-jpg/{rel}", b.finding, b.x, b.y, b.w, b.h) for b in rendered.boxes]
+            image = next(images)
+            files.write_bytes(jpg / rel, image.data)
+            sums.append(f"{hashlib.sha256(image.data).hexdigest()}  {rel}\n")
+            truth += [("mimic-cxr", f"mimic-cxr-jpg/{rel}", b.finding, b.x, b.y, b.w, b.h) for b in image.boxes]
             image_files.append(rel)
             meta.append((dicom, subject, study, exam, plan.view, plan.size[0], plan.size[1],
                          when.strftime("%Y%m%d"), _study_time(st.seconds), exam, _VIEW_CODE[plan.view],
@@ -145,8 +150,7 @@ def write(world: SourceWorld, root: Path, progress: Callable[[int], None]) -> tu
     notice = "Synthetic replica written by harness.synth: NOT MIMIC-CXR data; no real patient.\n"
     files.write_text(jpg / "LICENSE.txt", notice)
     files.write_text(jpg / "README", notice)
-    sums = [f"{hashlib.sha256((jpg / r).read_bytes()).hexdigest()}  {r}\n" for r in sorted(image_files)]
-    files.write_text(jpg / "SHA256SUMS.txt", "".join(sums))
+    files.write_text(jpg / "SHA256SUMS.txt", "".join(sorted(sums, key=lambda line: line.split("  ", 1)[1])))
     files.write_csv_gz(rep / "cxr-record-list.csv.gz", RECORD_HEADER, sorted(record))
     files.write_csv_gz(rep / "cxr-study-list.csv.gz", STUDY_HEADER, sorted(study_list))
     n_adm, n_icu = _write_ehr(world, ids, root / "mimiciv" / MIMICIV_VERSION)

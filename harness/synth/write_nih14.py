@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.synth import files, labels
-from harness.synth.world import SourceWorld, draw
+from harness.synth import files, labels, pixels
+from harness.synth.world import SourceWorld
 
 HEADER_2020 = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
                "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")
@@ -26,12 +26,15 @@ _ORIGINAL = ((2500, 2048, 0.143), (2992, 2991, 0.143), (3056, 2544, 0.139), (204
              (2500, 2048, 0.171))
 
 
-def write(world: SourceWorld, root: Path, progress: Callable[[int], None]) -> tuple[dict, list[tuple]]:
+def write(world: SourceWorld, root: Path, progress: Callable[[int], None],
+          workers: int | None = None) -> tuple[dict, list[tuple]]:
     base = root / "nih14"
     rng = np.random.default_rng([world.seed, 13, 3])
     rows_2020, rows_2017, boxes, truth = [], [], [], []
     lists: dict[str, list[str]] = {"train": [], "test": []}
     followups: dict[int, int] = {}
+    images = pixels.encoded(world, [pixels.Job(i, 0, "png-rgba" if "rgba" in st.quirks else "png")
+                                    for i, st in enumerate(world.studies)], workers)
     box_budget = max(3, round(160 * len(world.patients) / 330))
     for n, st in enumerate(world.studies):
         pid = st.patient.index + 1
@@ -40,8 +43,8 @@ def write(world: SourceWorld, root: Path, progress: Callable[[int], None]) -> tu
         name = f"{pid:08d}_{k:03d}.png"
         rel = f"images_{n // PER_FOLDER + 1:03d}/images/{name}"
         plan = st.images[0]
-        rendered = draw(world, st, plan)
-        files.save_png(base / rel, rendered.image, rgba="rgba" in st.quirks)
+        rendered = next(images)
+        files.write_bytes(base / rel, rendered.data)
         truth += [("nih14", f"nih14/{rel}", b.finding, b.x, b.y, b.w, b.h) for b in rendered.boxes]
         finding_labels = labels.nih_labels(st.mentions)
         width, height, spacing = _ORIGINAL[int(rng.integers(len(_ORIGINAL)))]

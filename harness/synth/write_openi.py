@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.synth import files, labels
+from harness.synth import files, labels, pixels
 from harness.synth.reports import openi_sections
-from harness.synth.world import SourceWorld, Study, draw
+from harness.synth.world import SourceWorld, Study
 
 PNG_DIR = "NLMCXR_png"
 _CAPTIONS = ("Xray Chest PA and Lateral", "PA and lateral chest x-XXXX XXXX.", "Chest, 2 views, frontal and lateral",
@@ -92,18 +92,21 @@ def _xml(n: int, st: Study, ids: list[str], rng: np.random.Generator) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(world: SourceWorld, root: Path, progress: Callable[[int], None]) -> tuple[dict, list[tuple]]:
+def write(world: SourceWorld, root: Path, progress: Callable[[int], None],
+          workers: int | None = None) -> tuple[dict, list[tuple]]:
     base = root / "openi"
     rng = np.random.default_rng([world.seed, 14, 3])
     n, n_images, truth = 0, 0, []
+    images = pixels.encoded(world, [pixels.Job(i, k, "png") for i, st in enumerate(world.studies)
+                                    for k in range(len(st.images))], workers)
     for st in world.studies:
         n += 1 + int(rng.random() < 0.011)  # the real numbering has gaps (109, 140, 148, ...)
         ids = _image_ids(n, st, rng)
-        for plan, image_id in zip(st.images, ids, strict=True):
-            rendered = draw(world, st, plan)
-            files.save_png(base / PNG_DIR / f"{image_id}.png", rendered.image)
+        for image_id in ids:
+            image = next(images)
+            files.write_bytes(base / PNG_DIR / f"{image_id}.png", image.data)
             truth += [("openi", f"openi/{PNG_DIR}/{image_id}.png", b.finding, b.x, b.y, b.w, b.h)
-                      for b in rendered.boxes]
+                      for b in image.boxes]
             n_images += 1
             progress(1)
         files.write_text(base / "ecgen-radiology" / f"{n}.xml", _xml(n, st, ids, rng))
