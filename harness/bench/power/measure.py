@@ -126,5 +126,10 @@ def pair_with_reference(grid: Grid, cells: list[Cell]) -> None:
             cell.paired = f"no {grid.reference} run"
             continue
         main = cell.record["main_metric"]
+        kept_none = [c.method for c in (cell, reference) if not c.record.get("predictions_file")]
+        if kept_none:  # the protocol keeps no per-unit values of its main metric: nothing to resample
+            cell.paired = (f"the {' and '.join(kept_none)} run{'s' if len(kept_none) > 1 else ''} kept no per-unit "
+                           f"values of {main}")
+            continue
         pairing = Pairing(grid.results_dir, main, {cell.method: [cell.record], grid.reference: [reference.record]})
         cell.paired = pairing.compare(cell.method, grid.reference)
