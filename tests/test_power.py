@@ -205,3 +205,10 @@ def test_cell_half_width_is_the_record_interval():
     cell.record["ci"]["auroc_macro"] = [float("nan"), float("nan")]
     cell.record["details"] = {"not_measurable": {"ci of auroc_macro": "fewer than 5 patients"}}
     assert cell.half_width is None and cell.ci_missing() == "fewer than 5 patients"
+
+
+def test_fraction_outside_range_is_one_line_before_any_run(tmp_path, capsys):
+    code = main(["power", "--methods", "random", "--tasks", "mimic-cls", "--fraction", "0", "--results",
+                 str(tmp_path / "r")])
+    assert code == 2 and capsys.readouterr().err.strip() == "harness: error: --fraction must be in (0, 1], got 0.0"
+    assert not (tmp_path / "r").exists()

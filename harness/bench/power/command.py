@@ -129,7 +129,7 @@ def cmd_power(args: argparse.Namespace) -> int:
 
     A target that is not met is reported (``FAIL: ...``), not an exit code: this is a measurement.
     """
-    from harness.dispatch.runner import invocation
+    from harness.dispatch.runner import RunError, invocation
     from harness.tasks import TaskSpecError
 
     grid = Grid(methods=list(args.methods), tasks=_tasks(args.tasks, args.tasks_dir), fraction=args.fraction,
@@ -137,8 +137,11 @@ def cmd_power(args: argparse.Namespace) -> int:
                 tasks_dir=args.tasks_dir, progress=not args.quiet, reference=args.reference, device=args.device)
     if not grid.tasks:
         raise TaskSpecError("power: no task to measure")
-    if args.reference not in grid.methods:
-        grid.methods.insert(0, args.reference)  # the paired column needs the reference row's runs
+    if not 0 < args.fraction <= 1:
+        raise RunError(f"--fraction must be in (0, 1], got {args.fraction}")
+    if args.reference not in grid.methods:  # the paired column needs the reference row's runs
+        print(f"power: --reference {args.reference} is not in --methods; it is run too", file=sys.stderr)
+        grid.methods.insert(0, args.reference)
     command = shlex.join(invocation() or ["python", "-m", "harness", "power", *sys.argv[2:]])
     text, target = run_power(grid, command, args.out)
     print(target)
