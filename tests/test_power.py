@@ -20,7 +20,7 @@ from harness.bench.power.document import TARGET, check_target
 from harness.bench.power.measure import Cell, Grid
 from harness.cli import main
 from harness.dispatch.runner import RunRequest, prepare
-from harness.results import load_records
+from harness.results import load_records, world_label
 from harness.tasks import get_task
 
 TASKS = ("mimic-cls", "mimic-regen", "nih14-loc", "mimic-retrieval-1k")
@@ -63,7 +63,8 @@ def test_document_says_what_ran_and_on_what(power):
     text, stdout, results, world = power
     assert text.startswith("# Statistical power") and "(synthetic data)" in text.splitlines()[0]
     assert "> **Synthetic data.**" in text
-    assert "synthetic world harness.synth v1, seed 2, scale 0.15" in text  # the world's identity
+    label = world_label(next(iter(_records(results).values())))  # generator, its version, seed, scale, calibration
+    assert label.startswith("synthetic world harness.synth v") and "seed 2, scale 0.15" in label and label in text
     assert f"python -m harness -q power --methods random imagenet --tasks {' '.join(TASKS)}" in text
     assert "profile smoke, label fraction 1, seed 0" in text
     assert re.search(r"Measured \d{4}-\d\d-\d\d \d\d:\d\d UTC on .+ cores", text)
