@@ -126,6 +126,8 @@ def render(grid: Grid, sizes: list[TaskSizes | str], about: dict[str, Any]) -> s
         about: ``command``, ``date``, ``harness``, ``commit``, ``machine``, ``device``, ``world``,
             ``data_source``, ``profile``, ``target_line``.
     """
+    from harness.reporting.pairing import RESAMPLES  # scipy: not imported when the CLI only builds its parser
+
     synthetic = about["data_source"] == "synthetic"
     lines = ["# Statistical power: sizes and 95 % CI half-widths per task" + (" (synthetic data)" if synthetic else ""),
              ""]
@@ -147,7 +149,7 @@ def render(grid: Grid, sizes: list[TaskSizes | str], about: dict[str, Any]) -> s
               "Value and CI as the run's record holds them (a patient-level percentile bootstrap; `n_bootstrap` "
               f"resamples at the {about['profile']} profile); half-width = (high - low) / 2. The last column is the "
               f"leaderboard's paired bootstrap of the main metric minus {grid.reference}'s over the same test patients "
-              "(1,000 resamples). `n/m`: not measurable, with the reason.", "",
+              f"({RESAMPLES:,} resamples). `n/m`: not measurable, with the reason.", "",
               *metrics_table(grid), "",
               "## Regeneration: an informative encoder against random features", "",
               *gains_table(grid), ""]
