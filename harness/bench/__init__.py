@@ -46,5 +46,6 @@ command can be exercised by the test suite in seconds; ``--suite-methods`` /
 ``records``      P4
 ``suite``        P5
 ``scaling``      scaling
+``power/``       ``python -m harness power``: the evidence document ``docs/power.md`` (its own docstring)
 ===============  ==============================================================
 """

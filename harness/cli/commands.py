@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness.bench.command import cmd_bench
+from harness.bench.power.command import cmd_power
 from harness.dispatch.sweep import run_sweep
 
 
@@ -322,5 +323,5 @@ def cmd_regress(args: argparse.Namespace) -> int:
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run, "ls": cmd_ls, "validate": cmd_validate, "leaderboard": cmd_leaderboard, "compare": cmd_compare,
     "data": cmd_data, "export": cmd_export, "regress": cmd_regress, "submit": cmd_submit, "sweep": run_sweep,
-    "bench": cmd_bench, "convert-weights": cmd_convert_weights,
+    "bench": cmd_bench, "power": cmd_power, "convert-weights": cmd_convert_weights,
 }

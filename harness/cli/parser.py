@@ -10,6 +10,7 @@ import textwrap
 
 from harness import __version__
 from harness.bench.command import add_bench_arguments
+from harness.bench.power.command import add_power_arguments
 from harness.dispatch import executors, sweep
 from harness.dispatch.pretraining import add_pretrain_on_argument
 from harness.storage import REPOSITORY
@@ -236,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_sweep(sub)
     _add_bench(sub)
+    _add_power(sub)
     return parser
 
 
@@ -269,3 +271,11 @@ def _add_bench(sub) -> None:
         python -m harness bench --out docs/bench-report.md
     """)
     add_bench_arguments(p)
+
+
+def _add_power(sub) -> None:
+    p = _sub(sub, "power", "measure sizes and 95 % CI half-widths per task (docs/power.md), through the runner", """
+        python -m harness power --out docs/power.md
+        python -m harness power --methods random imagenet --tasks mimic-cls mimic-regen --profile smoke --out /tmp/p.md
+    """)
+    add_power_arguments(p)
