@@ -58,6 +58,7 @@ _BUILTIN_METHODS = {
     "random": "baselines.random_init:RandomMethod",
     "imagenet": "baselines.imagenet:ImageNetMethod",
     "pixels": "baselines.pixels:PixelsMethod",
+    "supervised": "baselines.supervised:SupervisedMethod",
     "moco": "baselines.moco:MoCoMethod",
     "msn": "baselines.msn_ehr:MSNMethod",
     "msn-ehr": "baselines.msn_ehr:MSNEHRMethod",
