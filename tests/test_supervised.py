@@ -22,9 +22,6 @@ from harness.dispatch.runner import RunRequest, load_method, prepare
 from harness.encoders import PretrainRequest
 from harness.tasks import get_task
 
-# the smoke profile, shortened further: two held-out measurements are what the test needs
-FAST = ["--set", "steps=4", "--set", "eval_every=2", "--set", "checkpoint_every=2"]
-
 SQUARE_ONLY = """\
 name: mock-square
 version: 1
@@ -60,8 +57,7 @@ class RecordingStore:
 
 @pytest.fixture(scope="module")
 def mock_oracle():
-    return prepare(RunRequest(method="supervised", task="mock", profile="smoke", overrides=FAST[1::2],
-                              progress=False))
+    return prepare(RunRequest(method="supervised", task="mock", profile="smoke", progress=False))
 
 
 def patients_of(data, split: str) -> pd.Series:
@@ -122,7 +118,7 @@ def test_the_pretraining_key_names_the_task_labels(mock_oracle, tmp_path: Path):
     """Same training rows, another label set: another pretraining, never the first one's checkpoint."""
     (tmp_path / "mock-square.yaml").write_text(SQUARE_ONLY)
     square = prepare(RunRequest(method="supervised", task="mock-square", tasks_dir=str(tmp_path), profile="smoke",
-                                overrides=FAST[1::2], progress=False))
+                                progress=False))
     both, one = mock_oracle.pretraining_data(), square.pretraining_data()
     assert both.fingerprint == one.fingerprint  # the very same training rows and pixels ...
     key_both = pretraining_key(mock_oracle.method, mock_oracle.config, both)
@@ -141,20 +137,18 @@ def test_oracle_end_to_end_and_the_leaderboard_never_ranks_it(tmp_path: Path, ca
     (tasks / "mock.yaml").write_text((Path(__file__).parent.parent / "tasks" / "mock.yaml").read_text())
     common = ["--profile", "smoke", "--results", str(results), "--tasks-dir", str(tasks)]
     for method in ("supervised", "random", "pixels"):
-        assert main(["-q", "run", "--method", method, "--task", "mock", *common, *(FAST if method == "supervised"
-                                                                                   else [])]) == 0, \
-            capsys.readouterr().err[-2000:]
+        assert main(["-q", "run", "--method", method, "--task", "mock", *common]) == 0, capsys.readouterr().err[-2000:]
     def oracle_records() -> dict[str, dict]:
         found = [json.loads(p.read_text()) for p in results.rglob("*.json")]
         return {r["task"]: r for r in found if r["method"] == "supervised"}
 
     first = oracle_records()["mock"]
-    assert main(["-q", "run", "--method", "supervised", "--task", "mock", *common, *FAST]) == 0  # again: cached
+    assert main(["-q", "run", "--method", "supervised", "--task", "mock", *common]) == 0  # again: cached
     again = oracle_records()["mock"]
     assert (first["pretrain"]["cache_hit"], again["pretrain"]["cache_hit"]) == (False, True)
     assert again["pretrain"]["cache_key"] == first["pretrain"]["cache_key"]
     # the same training rows with another label set: trained anew, under another key
-    assert main(["-q", "run", "--method", "supervised", "--task", "mock-square", *common, *FAST]) == 0
+    assert main(["-q", "run", "--method", "supervised", "--task", "mock-square", *common]) == 0
     square = oracle_records()["mock-square"]
     assert not square["pretrain"]["cache_hit"] and square["pretrain"]["cache_key"] != first["pretrain"]["cache_key"]
     records = [json.loads(p.read_text()) for p in results.rglob("*.json")]

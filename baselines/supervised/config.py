@@ -55,8 +55,8 @@ class SupervisedConfig(TrainingConfig):
 
 
 PROFILES = {
-    "smoke": to_dict(SupervisedConfig(backbone="resnet18", image_size=32, init="random", batch_size=8, steps=6,
-                                      lr=1e-3, eval_every=3, checkpoint_every=3, log_every=1, val_fraction=0.2)),
+    "smoke": to_dict(SupervisedConfig(backbone="resnet18", image_size=32, init="random", batch_size=8, steps=4,
+                                      lr=1e-3, eval_every=2, checkpoint_every=2, log_every=1, val_fraction=0.2)),
     "small": to_dict(SupervisedConfig(backbone="resnet18", image_size=128, init="random", batch_size=32, steps=200,
                                       lr=1e-3, eval_every=50, checkpoint_every=50, log_every=10)),
     "paper": to_dict(SupervisedConfig(backbone="resnet50", image_size=224, init="imagenet", batch_size=16,
