@@ -1,12 +1,13 @@
 """``supervised``: a label-supervised reference row, the ceiling beside the self-supervised baselines.
 
-A ResNet with a linear multi-label head trained with BCE on the TRAINING labels of the task it is run
-on (the task's label set and label policy), its checkpoint chosen on held-out training patients; then
-the head is dropped and the backbone is scored by the task's protocol like any encoder (its frozen
-features under the linear probe; fine-tuned again under ``finetune``). What a CXR paper calls the
+A CNN (ResNet; EfficientNet-Lite0 from ImageNet at ``small``) with a linear multi-label head trained
+with BCE on the TRAINING labels of the task it is run on (the task's label set and label policy), its
+checkpoint chosen on held-out training patients; then the head is dropped and the backbone is scored
+by the task's protocol like any encoder (its frozen features under the linear probe; fine-tuned again
+under ``finetune``). What a CXR paper calls the
 supervised baseline (CheXNet, CheXpert), here per task::
 
-    python -m harness run --method supervised --task mimic-cls      # ResNet-18, 128 px, 200 steps (small)
+    python -m harness run --method supervised --task mimic-cls      # ImageNet Lite0, 128 px, 200 steps (small)
     python -m harness run --method supervised --task nih14-cls --profile paper
 
 The card says ``uses_labels``: the run offers the method the task's training labels (and nothing else
@@ -30,9 +31,9 @@ from harness.encoders import MethodCard, PretrainRequest
 
 __all__ = ["SupervisedMethod", "SupervisedConfig"]
 
-PAPER = ("label-supervised reference: a ResNet trained with BCE on the task's training labels, the CheXpert "
-         "recipe (Irvin et al., AAAI 2019: Adam 1e-4, batch 16, 3 epochs, checkpoint chosen on validation) for "
-         "`paper`; harness design otherwise (the ceiling of each classification table)")
+PAPER = ("label-supervised reference: an ImageNet-initialised CNN trained with BCE on the task's training labels, "
+         "the CheXpert recipe (Irvin et al., AAAI 2019: Adam 1e-4, batch 16, 3 epochs, checkpoint chosen on "
+         "validation) for `paper`; harness design otherwise (the ceiling of each classification table)")
 
 
 class SupervisedMethod(BaselineMethod):

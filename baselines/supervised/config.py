@@ -4,9 +4,9 @@
 AAAI 2019: ImageNet-initialised network, Adam with lr 1e-4 held constant, batch 16, 3 epochs, the
 checkpoint chosen on validation), with the harness's ResNet-50 at 224 px in place of their DenseNet-121
 at 320 px (harness choice, as for the other baselines). ``small`` (the CPU default on the synthetic
-world) and ``smoke`` train a ResNet-18 from a seeded random initialisation (no ImageNet ResNet-18 weights
-ship offline; ``--set init=imagenet`` uses torchvision's file when it is in the torch cache) for a fixed
-number of steps, with a higher lr so that a few hundred steps of Adam get somewhere from scratch.
+world) fine-tunes the ImageNet EfficientNet-Lite0 of the ``imagenet`` row (the only ImageNet weights that
+ship offline) for 200 steps, so the ceiling starts where that row's features are; ``smoke`` trains a
+ResNet-18 from a seeded random initialisation for 4 steps, with a higher lr (seconds, for tests).
 
 Model selection never touches the task's validation or test patients: ``val_fraction`` of the TRAINING
 patients (by a hash of the patient id) are held out of the gradient steps, the BCE loss on them is
@@ -57,8 +57,10 @@ class SupervisedConfig(TrainingConfig):
 PROFILES = {
     "smoke": to_dict(SupervisedConfig(backbone="resnet18", image_size=32, init="random", batch_size=8, steps=4,
                                       lr=1e-3, eval_every=2, checkpoint_every=2, log_every=1, val_fraction=0.2)),
-    "small": to_dict(SupervisedConfig(backbone="resnet18", image_size=128, init="random", batch_size=32, steps=200,
-                                      lr=1e-3, eval_every=50, checkpoint_every=50, log_every=10)),
+    # small: the ImageNet EfficientNet-Lite0 of the `imagenet` row (offline), fine-tuned on the labels: a ResNet-18
+    # from scratch reached AUROC-macro 0.58 after 60 steps on a scale-0.3 world, below `random` (0.65): no ceiling
+    "small": to_dict(SupervisedConfig(backbone="efficientnet_lite0", image_size=128, init="imagenet", batch_size=32,
+                                      steps=200, lr=1e-4, eval_every=50, checkpoint_every=50, log_every=10)),
     "paper": to_dict(SupervisedConfig(backbone="resnet50", image_size=224, init="imagenet", batch_size=16,
                                       epochs=3.0, eval_every=4800, checkpoint_every=1200, log_every=50)),
 }

@@ -2,8 +2,8 @@
 
 The entry point of ``SupervisedMethod.train``. Steps:
 
-1. ``inner_split``: ``val_fraction`` of the training split's patients (a sha256 hash of the patient id,
-   so the choice is stable and patient-disjoint) are held out of the gradient steps;
+1. ``inner_split``: ``val_fraction`` of the training split's patients (ordered by a sha256 hash of the
+   seed and the patient id, so the choice is stable and patient-disjoint) are held out of the gradient steps;
 2. the shared ``Trainer`` runs BCE (``model.masked_bce``) on one mildly augmented view of the other rows;
 3. every ``eval_every`` steps (and at the last) the held-out BCE is measured without augmentation; the
    weights with the lowest so far are written to ``best.pt`` (atomically, with the step and the loss),
@@ -28,7 +28,7 @@ import torch
 from baselines.common import distributed
 from baselines.common.backbones import Backbone, build_backbone
 from baselines.common.config import to_dict
-from baselines.common.data import AugmentConfig, ViewBatches, normalize
+from baselines.common.data import AugmentConfig, ViewBatches
 from baselines.common.encoder import imagenet_preprocess
 from baselines.common.method import data_meta
 from baselines.common.optim import weight_decay_groups
@@ -39,6 +39,7 @@ from baselines.supervised.config import SupervisedConfig
 from baselines.supervised.model import SupervisedClassifier, masked_bce
 from harness.data.schema import DataError
 from harness.encoders import PretrainRequest
+from harness.encoders.preprocess import to_model_input
 
 BEST = "best.pt"
 SELECTION_LOG = "selection.jsonl"  # one line per held-out measurement: step, loss, best so far
@@ -87,14 +88,13 @@ class HeldOutSelection:
 
     @torch.no_grad()
     def loss(self, model: SupervisedClassifier) -> float:
-        """Mean BCE over the held-out rows' known labels, unaugmented, in eval mode."""
+        """Mean BCE over the held-out rows' known labels, unaugmented (fed as the card says), in eval mode."""
         was_training = model.training
         model.eval()
         total, known = 0.0, 0
         for start in range(0, len(self.targets), 64):
             rows = np.arange(start, min(start + 64, len(self.targets)))
-            raw = torch.from_numpy(np.asarray(self.images[rows])).to(self.device)
-            x = normalize(raw.unsqueeze(1).float().div(255.0), self.preprocess)  # (B, C, S, S)
+            x = to_model_input(np.asarray(self.images[rows]), self.preprocess, self.device)  # (B, C, S, S)
             y = torch.from_numpy(self.targets[rows]).to(self.device)
             n = int((~torch.isnan(y)).sum())
             total += float(masked_bce(model(x), y)) * n
