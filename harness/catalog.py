@@ -57,6 +57,8 @@ PROTOCOL_ARGS: Registry[Any] = Registry("protocol declaration")
 _BUILTIN_METHODS = {
     "random": "baselines.random_init:RandomMethod",
     "imagenet": "baselines.imagenet:ImageNetMethod",
+    "pixels": "baselines.pixels:PixelsMethod",
+    "supervised": "baselines.supervised:SupervisedMethod",
     "moco": "baselines.moco:MoCoMethod",
     "msn": "baselines.msn_ehr:MSNMethod",
     "msn-ehr": "baselines.msn_ehr:MSNEHRMethod",

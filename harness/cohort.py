@@ -7,6 +7,8 @@ the removal of undecodable images. Label fractions are drawn by patient, nested 
 1 % patients are inside the 10 % ones) and deterministic per seed. Pretraining data
 is the task's TRAINING split only, by construction, and ``check_pretraining`` proves
 that any other pretraining rows share no patient with the task's val or test split.
+Only a method that learns from labels (``MethodCard.uses_labels``) is handed the training
+split's labels with it (``TrainingLabels``); the others never see a label.
 
 Nothing leaves the cohort silently: every removal is counted in ``TaskData.skipped``
 and every adapter warning is carried in ``TaskData.warnings`` (reason -> count, the
@@ -188,6 +190,24 @@ class TaskData:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
 
 
+@dataclass(frozen=True)
+class TrainingLabels:
+    """The task's labels of the training rows, for a method that learns from them (``MethodCard.uses_labels``).
+
+    Offered only to such a method (``training_data(..., with_labels=True)``); a self-supervised method is
+    never handed a label. ``targets`` are the task's label policy applied (1 / 0, NaN where the policy
+    ignores a value), row-aligned with ``TrainingData.frame``: training rows only, by construction.
+    """
+
+    task: str  # the task whose labels these are
+    task_version: int
+    names: tuple[str, ...]  # the task's label set, in order
+    targets: np.ndarray  # (N, L) float32, NaN = ignored
+    # sha256 of the task name, label set, label policy, the whole cohort's split assignment and the
+    # targets: part of the pretraining cache key, so a checkpoint is never reused for other labels
+    fingerprint: str
+
+
 @dataclass
 class TrainingData:
     """What pretraining sees: the task's TRAINING split only."""
@@ -197,6 +217,7 @@ class TrainingData:
     images: ImageView
     data_source: str
     fingerprint: str  # of exactly these rows (pretraining cache key)
+    labels: TrainingLabels | None = None  # only for a method that learns from the task's labels
 
 
 StoreFactory = Callable[[list[str], int], object]
@@ -340,8 +361,32 @@ def _split_integrity(task: TaskSpec, frame: pd.DataFrame, split_files: dict[str,
     return frame
 
 
-def training_data(data: TaskData) -> TrainingData:
-    """The pretraining view of a task: its training split, nothing else."""
+def training_labels(data: TaskData) -> TrainingLabels:
+    """The task's labels of its training split (see ``TrainingLabels``).
+
+    Raises:
+        DataError: the task has no labels (a label-supervised method has nothing to learn from).
+    """
+    task = data.task
+    if not task.labels:
+        raise DataError(f"task {task.name} has no labels: a method that learns from a task's labels cannot run on it")
+    targets = np.ascontiguousarray(data.train.targets, dtype=np.float32)
+    h = hashlib.sha256()
+    h.update(repr((task.name, tuple(task.labels), dataclasses.asdict(task.label_policy), data.split_sha256,
+                   targets.shape)).encode())
+    h.update(np.nan_to_num(targets, nan=-1.0).tobytes())
+    return TrainingLabels(task=task.name, task_version=task.version, names=tuple(task.labels), targets=targets,
+                          fingerprint=h.hexdigest())
+
+
+def training_data(data: TaskData, with_labels: bool = False) -> TrainingData:
+    """The pretraining view of a task: its training split, nothing else.
+
+    Args:
+        data: the task's cohort.
+        with_labels: also hand over the training split's labels (``TrainingLabels``): only for a method
+            whose card says ``uses_labels``.
+    """
     from harness.data.images import fingerprint as files_fingerprint
 
     train = data.train
@@ -352,7 +397,8 @@ def training_data(data: TaskData) -> TrainingData:
               if data.images_fingerprint and "path" in train.frame else data.images_fingerprint)
     fingerprint = hashlib.sha256(f"{rows}:{pixels}:{data.image_size}".encode()).hexdigest()
     return TrainingData(dataset=data.task.dataset, frame=train.frame, images=train.images,
-                        data_source=data.data_source, fingerprint=fingerprint)
+                        data_source=data.data_source, fingerprint=fingerprint,
+                        labels=training_labels(data) if with_labels else None)
 
 
 def check_pretraining(train: TrainingData, data: TaskData, what: str) -> TrainingData:

@@ -125,7 +125,8 @@ class ResultRecord:
             method=run.method,
             method_card={"paper": run.card.paper, "pretraining_data": list(run.card.pretraining_data),
                          # the preprocessing the encoder was fed with (its loaded card's, profile-dependent)
-                         "preprocess": ctx.preprocess.describe(), "notes": run.card.notes},
+                         "preprocess": ctx.preprocess.describe(), "notes": run.card.notes,
+                         **labels_from(run.card, task)},
             capabilities=sorted(capabilities(ctx.encoder)),
             task=task.name, task_version=task.version, dataset=task.dataset,
             eval_dataset=task.eval_dataset or task.dataset, protocol=task.protocol,
@@ -148,6 +149,15 @@ class ResultRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def labels_from(card: Any, task: Any) -> dict[str, Any]:
+    """The record card's ``uses_labels`` and, when True, ``labels_from``: the task whose training labels the
+    method learnt from (the runner offers a label-supervised method only the labels of the task it runs)."""
+    if not getattr(card, "uses_labels", False):
+        return {"uses_labels": False}
+    return {"uses_labels": True, "labels_from": {"task": task.name, "task_version": task.version, "split": "train",
+                                                 "labels": list(task.labels)}}
 
 
 def determinism(device: str) -> dict[str, Any]:

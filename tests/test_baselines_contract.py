@@ -8,6 +8,7 @@ A method whose package does not exist yet is skipped with its name.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from harness.catalog import METHODS
-from harness.cohort import TrainingData
+from harness.cohort import TrainingData, TrainingLabels
 from harness.data.images import ImageView
 from harness.data.schema import DataError
 from harness.encoders import MethodCard, PretrainRequest, capabilities
@@ -61,6 +62,11 @@ def test_method_contract(name: str, tmp_path: Path):
 
     config = method.profiles["smoke"]
     data = tiny_training_data(config["image_size"])
+    if method.card.uses_labels:  # a label-supervised method is offered the training labels, as the runner does
+        targets = np.random.default_rng(1).integers(0, 2, (len(data.frame), 2)).astype(np.float32)
+        targets[0, 1] = np.nan  # a label the policy ignores
+        data = dataclasses.replace(data, labels=TrainingLabels(task="contract", task_version=1, names=("A", "B"),
+                                                              targets=targets, fingerprint="contract-labels"))
     request = PretrainRequest(data=data, config=dict(config), workdir=tmp_path, seed=config["seed"], device="cpu",
                               progress=False)
     try:

@@ -56,6 +56,6 @@ def test_help_shows_examples_and_ls_lists():
     out = harness_cli("run", "--help")
     assert out.returncode == 0 and "examples:" in out.stdout and "--save-predictions" in out.stdout
     out = harness_cli("ls", "methods")
-    assert {"random", "moco", "msn-ehr", "region-word", "mlm-mvm"} <= set(out.stdout.split())
+    assert {"random", "pixels", "moco", "msn-ehr", "region-word", "mlm-mvm", "supervised"} <= set(out.stdout.split())
     out = harness_cli("validate")
     assert out.returncode == 0, out.stdout

@@ -33,6 +33,7 @@ import submitit
 
 from harness.dispatch.executors import make_executor
 from harness.dispatch.jobs import RunJob, failure_file
+from harness.dispatch.pretraining import labels_refusal
 from harness.dispatch.runner import RunOutcome, RunRequest
 from harness.tasks import get_task
 
@@ -68,10 +69,11 @@ def _submitted_at(job: submitit.Job) -> float:
 
 
 def capability_refusal(method: Any, task: Any) -> str:
-    """Why ``method`` cannot run ``task`` (the capabilities it lacks), or '' when it can."""
+    """Why ``method`` cannot run ``task`` (the capabilities it lacks; a label-supervised method on a task
+    without labels), or '' when it can."""
     missing = [c for c in task.requires if c not in method.card.capabilities]
     return f"method {method.card.name!r} lacks capability {missing} required by task {task.name!r}" if missing \
-        else ""
+        else labels_refusal(method, task)
 
 
 @dataclass

@@ -7,6 +7,9 @@
 - **Key**: the method's name, its resolved config (profile + ``--set``) and the fingerprint of
   exactly the training rows it sees (``harness.cohort.TrainingData.fingerprint``), so two tasks
   on the same training rows share one pretraining and any change of rows or config trains anew.
+  A method that learns from labels (``uses_labels``) adds the fingerprint of the task's labels
+  (``harness.cohort.TrainingLabels``: task, label set, policy, split, targets): its checkpoint
+  is never reused for another task's labels, even on the same rows.
 - **Lock**: concurrent runs of one key train once; the others wait and load
   (``harness.storage.file_lock`` on ``<workdir>/.lock``).
 - **Rank 0**: under torch.distributed (several tasks of one job) only rank 0 takes the lock and
@@ -69,6 +72,28 @@ def effective_pretrain_on(method: Any, task: TaskSpec, pretrain_on: str | None) 
     return pretrain_on
 
 
+def uses_labels(method: Any) -> bool:
+    """Whether ``method`` learns from the task's labels (its card's ``uses_labels``: a supervised reference)."""
+    return bool(getattr(method.card, "uses_labels", False))
+
+
+def labels_refusal(method: Any, task: TaskSpec, pretrain_on: str | None = None) -> str:
+    """Why a label-supervised ``method`` cannot run ``task``, or '' (always '' for the other methods).
+
+    It learns from the task's own training labels, so a task without labels gives it nothing to learn, and
+    ``--pretrain-on`` another dataset would train it on rows whose labels are not the task's.
+    """
+    if not uses_labels(method):
+        return ""
+    if not task.labels:
+        return (f"method {method.card.name!r} learns from the task's training labels, and task {task.name!r} has "
+                "none (labels: []): run it on a classification task")
+    if pretrain_on is not None and pretrain_on != task.dataset:
+        return (f"method {method.card.name!r} learns from the training labels of task {task.name!r}: "
+                f"--pretrain-on {pretrain_on} does not apply to it")
+    return ""
+
+
 def _process_group() -> tuple[int, int]:
     """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
     import torch.distributed as dist
@@ -122,6 +147,16 @@ def trusted_done(workdir: Path) -> dict[str, Any] | None:
     return None
 
 
+def pretraining_key(method: Any, config: dict[str, Any], train: Any) -> str:
+    """The pretraining cache key (see the module docstring): method, config, training rows and, for a method
+    that learns from labels, the task's labels (``TrainingData.labels.fingerprint``)."""
+    identity = {"method": method.card.name, "config": config, "data": train.fingerprint}
+    labels = getattr(train, "labels", None)
+    if labels is not None:  # a label-supervised checkpoint is never reused for another task's labels or split
+        identity["labels"] = labels.fingerprint
+    return config_hash(identity)[:20]
+
+
 def pretrained_checkpoint(method: Any, config: dict[str, Any], train: Any, device: str, progress: bool,
                           load_source: Any) -> tuple[Path | None, str, bool]:
     """The method's checkpoint for this (method, config, training data), from the cache or trained now.
@@ -137,7 +172,8 @@ def pretrained_checkpoint(method: Any, config: dict[str, Any], train: Any, devic
     Returns:
         (checkpoint or None for methods that do not pretrain, cache key, whether it was a cache hit).
     """
-    key = config_hash({"method": method.card.name, "config": config, "data": train.fingerprint})[:20]
+    key = pretraining_key(method, config, train)
+    labels = getattr(train, "labels", None)
     workdir = cache_root() / "pretrain" / method.card.name / key
     rank, world_size = _process_group()
     with file_lock(workdir / ".lock") if rank == 0 else contextlib.nullcontext():
@@ -156,5 +192,8 @@ def pretrained_checkpoint(method: Any, config: dict[str, Any], train: Any, devic
                 "checkpoint_sha256": file_sha256(Path(ckpt)) if ckpt else None,
                 "method": method.card.name, "config": config, "data_fingerprint": train.fingerprint,
                 "dataset": train.dataset, "n_images": len(train.frame)}
+        if labels is not None:
+            info["labels"] = {"task": labels.task, "task_version": labels.task_version, "names": list(labels.names),
+                              "fingerprint": labels.fingerprint}
         atomic_write(workdir / DONE, json.dumps(info, indent=2, sort_keys=True, default=str).encode())
         return ckpt, key, False

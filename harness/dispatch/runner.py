@@ -26,7 +26,7 @@ from typing import Any
 from harness import results
 from harness.catalog import METHODS, PROTOCOLS
 from harness.config import PROFILES, config_hash, merge, parse_overrides
-from harness.dispatch.pretraining import effective_pretrain_on, pretrained_checkpoint
+from harness.dispatch.pretraining import effective_pretrain_on, labels_refusal, pretrained_checkpoint, uses_labels
 from harness.encoders import missing_capabilities
 from harness.storage import cache_root
 from harness.tasks import TaskSpec, get_task
@@ -154,8 +154,9 @@ class Prepared:
         """
         from harness.cohort import check_pretraining, training_data
 
-        if self.pretrain_on is None:
-            return check_pretraining(training_data(self.data), self.data, f"the training split of {self.task.name}")
+        if self.pretrain_on is None:  # the labels only for a method that learns from them (labels_refusal)
+            return check_pretraining(training_data(self.data, with_labels=uses_labels(self.method)), self.data,
+                                     f"the training split of {self.task.name}")
         return self.load_source(self.pretrain_on, views=self.task.views)
 
 
@@ -180,6 +181,9 @@ def prepare(req: RunRequest) -> Prepared:
     if missing:
         raise RunError(f"method {req.method!r} lacks capability {missing} required by task {task.name!r}")
     pretrain_on = effective_pretrain_on(method, task, req.pretrain_on)
+    refused = labels_refusal(method, task, pretrain_on)
+    if refused:
+        raise RunError(refused)
     data_root = task_data_root(task, req.data_root, also=(pretrain_on,))
     world = data_world(data_root)  # before any data is read: a broken marker stops the run at once
     profile = req.profile or ("small" if data_root.data_source == "synthetic" else "paper")
@@ -230,6 +234,16 @@ def manifest_overlap(req: RunRequest, task: TaskSpec, data: Any) -> dict[str, An
                        f"{task.name}: its scores would be inflated; pass --allow-overlap to score it anyway (the "
                        "record and the leaderboard row then say so)")
     return counts
+
+
+def run_card(method: Any, config: dict[str, Any]) -> Any:
+    """The card of the run's own config, for its record: a baseline's ``card_for`` of it (the profile's sizes,
+    initialisation and notes: ``pixels`` at ``smoke`` says 8 x 8, not the ``small`` card's 16 x 16), else
+    the method's card (a submission's, which carries its ``--pretraining-data``)."""
+    card_for, make_config = getattr(method, "card_for", None), getattr(method, "config", None)
+    if callable(card_for) and callable(make_config):
+        return card_for(make_config(config))
+    return method.card
 
 
 def protocol_args(p: Prepared) -> dict[str, Any]:
@@ -294,7 +308,7 @@ def execute(req: RunRequest) -> RunOutcome:
     p.timings["extract_s"] = extract[0]  # the part of protocol_s spent in features.extract_features
     if p.task.main_metric not in result.metrics:
         raise RunError(f"protocol {p.task.protocol!r} did not produce the main metric {p.task.main_metric!r}")
-    run = results.RunInfo(method=req.method, card=p.method.card, config=p.config,
+    run = results.RunInfo(method=req.method, card=run_card(p.method, p.config), config=p.config,
                           pretrain={"cache_key": key, "cache_hit": hit, "dataset": train.dataset}, world=p.world,
                           started_at=started.isoformat(timespec="seconds"), wall_time_s=time.perf_counter() - t0,
                           timings=p.timings, argv=req.argv, embedding_fingerprint=fingerprint,

@@ -46,7 +46,7 @@ from harness.config import config_hash
 from harness.dispatch import executors, failures, outcomes
 from harness.dispatch.failures import Failure
 from harness.dispatch.jobs import RunJob
-from harness.dispatch.pretraining import add_pretrain_on_argument, effective_pretrain_on
+from harness.dispatch.pretraining import add_pretrain_on_argument, effective_pretrain_on, uses_labels
 from harness.dispatch.runner import RunError, RunRequest
 from harness.tasks import TaskSpecError, get_task
 
@@ -221,8 +221,12 @@ def plan_sweep(args: argparse.Namespace) -> Plan:
                 incapable.append(why)
                 continue
             failures.clear_failure(base, expanded=False)  # a refusal of this (method, task) is over
+            # a label-supervised method pretrains once per task's labels, never once for several tasks
+            labels = [task.name, list(task.labels), dataclasses.asdict(task.label_policy)] if uses_labels(method) \
+                else None
             group = config_hash([method_name, config, base.pretrain_on or task.dataset, task.views,
-                                 dataclasses.asdict(task.split), task.eval_dataset is not None, args.data_root])[:16]
+                                 dataclasses.asdict(task.split), task.eval_dataset is not None, args.data_root,
+                                 *([labels] if labels else [])])[:16]
             for fraction in fractions or task.fractions:
                 for seed in seeds or task.seeds:
                     req = dataclasses.replace(base, fraction=float(fraction), seed=int(seed))
