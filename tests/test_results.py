@@ -19,6 +19,7 @@ from harness.results import (
     world_label,
     write_record,
 )
+from harness.synth import GENERATOR_VERSION
 
 WORLD = {"generator": "harness.synth", "generator_version": "1", "seed": 0, "scale": 1.0, "calibration": "spec"}
 WORLD_XRV = {**WORLD, "calibration": "torchxrayvision", "calibration_sha256": "ab" * 32}
@@ -153,6 +154,7 @@ def test_a_run_records_its_world(tmp_path, corpus_world):
     marker = json.loads((corpus_world / MARKER).read_text())
     assert out.record["world"] == {k: marker[k] for k in ("generator", "generator_version", "seed", "scale",
                                                           "calibration")}
-    assert out.record["world"] == {"generator": "harness.synth", "generator_version": "1", "seed": 1, "scale": 0.05,
+    assert out.record["world"] == {"generator": "harness.synth", "generator_version": GENERATOR_VERSION, "seed": 1,
+                                   "scale": 0.05,
                                    "calibration": "spec"}
     assert json.loads(out.path.read_text())["world"] == out.record["world"]
